@@ -1,0 +1,21 @@
+# `make demo` runs the main job on embedded defaults; `make test` runs the test suite.
+# Both set up the machine first (apt packages when missing, .venv/ from pinned constraints).
+.PHONY: setup demo test lint format clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/dubforge run jobs/synth.yaml
+
+test: setup
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

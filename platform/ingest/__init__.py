@@ -1,0 +1,1 @@
+"""Ingest: raw movies to WebDataset shards with Ray Data."""

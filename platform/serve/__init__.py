@@ -1,0 +1,1 @@
+"""Serving: the trained dubber behind Ray Serve."""

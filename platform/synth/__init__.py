@@ -1,0 +1,1 @@
+"""Synthetic movie corpus: espeak-ng speech, talking-face video, mixed backgrounds."""

@@ -1,0 +1,1 @@
+"""Training: Ray Train + DeepSpeed curriculum over the ingested shards."""
