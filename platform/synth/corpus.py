@@ -72,6 +72,19 @@ def _speaker_task(k: int, count: int, cfg: SynthConfig, root: str) -> list[dict]
     return rows
 
 
+def _fresh_process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool that runs every task in a new process.
+
+    espeak-ng keeps state between utterances in a process (the same text comes out a few samples
+    different the second time), so a movie is deterministic only if its lines are the first
+    things its process speaks. A forkserver with the heavy modules preloaded makes each new
+    process cheap.
+    """
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["dubforge.synth.movie", "dubforge.synth.script", "cv2", "scipy.signal"])
+    return ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1)
+
+
 def generate(cfg: SynthConfig) -> dict:
     """Write the corpus described by `cfg`; returns the corpus index (also saved as corpus.json)."""
     digest = config_digest(cfg)
@@ -82,8 +95,7 @@ def generate(cfg: SynthConfig) -> dict:
     with storage.output_dir(cfg.output) as root:
         (root / ".completed").unlink(missing_ok=True)
         per_speaker = np.diff(np.linspace(0, cfg.speech_utterances, cfg.speech_speakers + 1).astype(int))
-        # spawn, not fork: each worker gets its own espeak-ng and no inherited threads
-        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+        with _fresh_process_pool(cfg.workers) as pool:
             movies = [pool.submit(_movie_task, i, cfg, str(root)) for i in range(cfg.movies)]
             readers = [
                 pool.submit(_speaker_task, k, int(n), cfg, str(root)) for k, n in enumerate(per_speaker) if n

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
 import threading
 from dataclasses import dataclass
 
@@ -107,7 +108,8 @@ class Espeak:
         i = 0
         while events[i].type != _EVENT_LIST_TERMINATED:
             ev = events[i]
-            if ev.type == _EVENT_WORD:
+            # espeak-ng can close an utterance with a WORD event at position 0, length 0
+            if ev.type == _EVENT_WORD and ev.text_position > 0 and ev.length > 0:
                 self._events.append((ev.text_position, ev.length, ev.audio_position))
             i += 1
         return 0
@@ -144,20 +146,38 @@ class Espeak:
 def _words(
     text: str, events: list[tuple[int, int, int]], wave: np.ndarray, sr: int
 ) -> tuple[Word, ...]:
-    """Turn WORD events into words whose end is the last voiced sample before the next word."""
-    data = text.encode("utf-8")
-    starts = [pos / 1000.0 for _, _, pos in events]
+    """Time every word of `text` from espeak-ng's WORD events.
+
+    espeak-ng sometimes voices a function word with its neighbour under one event ("that the",
+    "in the"); such words share that event's span in proportion to their length. A word ends at
+    the last voiced sample before the next event.
+    """
+    tokens = [(m.start(), m.group()) for m in re.finditer(r"[A-Za-z0-9']+", text)]
+    if not tokens or not events:
+        return ()
     voiced = np.flatnonzero(np.abs(wave) > 0.01)
-    last_voiced = (voiced[-1] + 1) / sr if voiced.size else len(wave) / sr
-    words = []
-    for i, (char_pos, length, _) in enumerate(events):
-        # text_position counts characters from 1; our text is ASCII so bytes == characters
-        token = data[char_pos - 1 : char_pos - 1 + length].decode("utf-8", "replace")
-        start = starts[i]
-        stop = starts[i + 1] if i + 1 < len(starts) else last_voiced
+    last_voiced = float(voiced[-1] + 1) / sr if voiced.size else len(wave) / sr
+    # text_position counts characters from 1; map each event to the first token it covers
+    firsts = []
+    for char_pos, _, _ in events:
+        k = next((i for i, (off, _) in enumerate(tokens) if off >= char_pos - 1), len(tokens))
+        firsts.append(k)
+    firsts[0] = 0
+    assert firsts == sorted(firsts), f"word events out of order for {text!r}: {events}"
+    words: list[Word] = []
+    for i, (_, _, ms) in enumerate(events):
+        first, stop_tok = firsts[i], firsts[i + 1] if i + 1 < len(events) else len(tokens)
+        if first >= stop_tok:
+            continue
+        start = ms / 1000.0
+        stop = events[i + 1][2] / 1000.0 if i + 1 < len(events) else last_voiced
         seg = voiced[(voiced >= int(start * sr)) & (voiced < int(stop * sr))]
         end = float(seg[-1] + 1) / sr if seg.size else stop
-        words.append(Word(token.strip(".,;:!?\"' "), round(start, 4), round(max(end, start), 4)))
+        group = tokens[first:stop_tok]
+        chars = np.cumsum([0] + [len(t) for _, t in group], dtype=np.float64)
+        bounds = start + (end - start) * chars / chars[-1]
+        for (_, tok), a, b in zip(group, bounds[:-1], bounds[1:]):
+            words.append(Word(tok, round(float(a), 4), round(float(max(b, a)), 4)))
     return tuple(words)
 
 

@@ -1,0 +1,50 @@
+"""The `dubforge` command: help everywhere, the installed entry point, the doctor report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from dubforge.cli import app
+
+from tests.conftest import VENV_BIN
+
+COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+
+
+def test_commands_are_the_landed_ones():
+    assert COMMANDS == ["doctor", "run", "synth"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help(command):
+    args = ["--help"] if command is None else [command, "--help"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_installed_entry_point(repo):
+    exe = VENV_BIN / "dubforge"
+    assert exe.exists()
+    top = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60, cwd=repo)
+    assert top.returncode == 0 and "synth" in top.stdout
+    sub = subprocess.run(
+        [str(exe), "synth", "--help"], capture_output=True, text=True, timeout=60, cwd=repo
+    )
+    assert sub.returncode == 0 and "--movies" in sub.stdout and "--seed" in sub.stdout
+
+
+def test_doctor_reports_pinned_stack(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DUBFORGE_WORKSPACE", str(tmp_path))
+    result = CliRunner().invoke(app, ["doctor", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["packages"]["torch"].startswith("2.13.0")
+    assert report["packages"]["ray"] == "2.60.0"
+    assert all(report["tools"].values()), report["tools"]
+    assert report["mlflow_tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
