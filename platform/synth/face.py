@@ -82,9 +82,7 @@ def face_box(variant: str) -> tuple[float, float, float, float]:
 @lru_cache(maxsize=8)
 def _jaw_weights(variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel share of the jaw drop over the warp ROI, and the ROI's pixel grids."""
-    x0, y0, x1, y1 = _ROI
-    if variant == "b":
-        x0, x1 = PHOTO_SIZE - x1, PHOTO_SIZE - x0
+    x0, y0, x1, y1 = _roi(variant)
     xs, ys = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
     jx0, jx1 = sorted((landmark_x(variant, JAW_X[0]), landmark_x(variant, JAW_X[1])))
     u = np.clip((xs - jx0) / (jx1 - jx0), 0.0, 1.0)
@@ -93,14 +91,22 @@ def _jaw_weights(variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (wx * wy).astype(np.float32), xs, ys
 
 
+def _roi(variant: str) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = _ROI
+    if variant == "b":
+        x0, x1 = PHOTO_SIZE - x1, PHOTO_SIZE - x0
+    return x0, y0, x1, y1
+
+
 def open_mouth(variant: str, opening: float) -> np.ndarray:
-    """The portrait with its mouth opened by `opening` photo pixels (0 = the photo itself)."""
+    """The warp region of the portrait (see `_roi`) with its mouth opened by `opening` photo
+    pixels; uint8 [roi_h, roi_w, 3]."""
     img = photo(variant)
+    x0, y0, x1, y1 = _roi(variant)
     if opening <= 0.05:
-        return img
+        return img[y0:y1, x0:x1]
     weight, xs, ys = _jaw_weights(variant)
     map_y = ys - opening * weight
-    x0, y0 = int(xs[0, 0]), int(ys[0, 0])
     roi = cv2.remap(img, xs, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     # dark interior in the gap the jaw left, an ellipse as wide as the mouth
     cx = landmark_x(variant, LIP_LINE[0])
@@ -109,22 +115,38 @@ def open_mouth(variant: str, opening: float) -> np.ndarray:
     half_w = MOUTH_HALF_WIDTH * (0.8 + 0.2 * opening / MAX_OPENING)
     r = ((xs - cx) / half_w) ** 2 + ((ys - cy) / max(half_h, 0.5)) ** 2
     alpha = np.clip(1.5 - r, 0.0, 1.0)[..., None]
-    roi = (roi.astype(np.float32) * (1 - alpha) + _MOUTH_RGB * alpha).astype(np.uint8)
-    out = img.copy()
-    out[y0 : y0 + roi.shape[0], x0 : x0 + roi.shape[1]] = roi
+    return (roi.astype(np.float32) * (1 - alpha) + _MOUTH_RGB * alpha).astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _scaled_photo(variant: str, scale: float, margin: int) -> np.ndarray:
+    """The portrait resized once per shot scale, mirrored `margin` pixels beyond its edges so a
+    close-up that overshoots the photo shows no bars."""
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    img = cv2.resize(photo(variant), None, fx=scale, fy=scale, interpolation=interp)
+    return cv2.copyMakeBorder(img, margin, margin, margin, margin, cv2.BORDER_REFLECT_101)
+
+
+def render(variant: str, opening: float, shot: FaceShot, size: tuple[int, int]) -> np.ndarray:
+    """A (w, h) view of the face through `shot` (integer translation), mouth opened; uint8
+    [h, w, 3]. The photo is scaled once per shot scale; per frame only the mouth region is
+    warped and scaled, which keeps a frame under a millisecond."""
+    w, h = size
+    tx, ty = int(round(shot.tx)), int(round(shot.ty))
+    side = int(round(PHOTO_SIZE * shot.scale))
+    need = max(tx, ty, w - tx - side, h - ty - side, 0)
+    margin = 64 * (need // 64 + 1)
+    padded = _scaled_photo(variant, shot.scale, margin)
+    out = padded[margin - ty : margin - ty + h, margin - tx : margin - tx + w].copy()
+    x0, y0, x1, y1 = _roi(variant)
+    px0, py0 = int(round(x0 * shot.scale)) + tx, int(round(y0 * shot.scale)) + ty
+    pw, ph = int(round((x1 - x0) * shot.scale)), int(round((y1 - y0) * shot.scale))
+    roi = cv2.resize(open_mouth(variant, opening), (pw, ph), interpolation=cv2.INTER_LINEAR)
+    # paste the clipped part of the mouth region that falls inside the view
+    cx0, cy0, cx1, cy1 = max(px0, 0), max(py0, 0), min(px0 + pw, w), min(py0 + ph, h)
+    if cx1 > cx0 and cy1 > cy0:
+        out[cy0:cy1, cx0:cx1] = roi[cy0 - py0 : cy1 - py0, cx0 - px0 : cx1 - px0]
     return out
-
-
-def place(canvas: np.ndarray, face: np.ndarray, shot: FaceShot, region: tuple[int, int]) -> None:
-    """Draw `face` into the columns `region` of `canvas` (in place) through the shot transform."""
-    c0, c1 = region
-    m = shot.matrix()
-    m[0, 2] -= c0
-    h = canvas.shape[0]
-    # mirror the photo beyond its edges rather than leave bars where a close-up overshoots it
-    canvas[:, c0:c1] = cv2.warpAffine(
-        face, m, (c1 - c0, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-    )
 
 
 def envelope(speech: np.ndarray, sr: int, fps: int = 25) -> np.ndarray:

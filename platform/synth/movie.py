@@ -81,7 +81,10 @@ def _shot(region_w: int, h: int, zoom: float, t: float, phase: float, x0: int) -
     fx, fy = 224.0, 125.0  # face centre in photo space (the mirror keeps it near the middle)
     sway_x = 0.012 * region_w * np.sin(2 * np.pi * t / 5.3 + phase)
     sway_y = 0.008 * h * np.sin(2 * np.pi * t / 3.7 + 2 * phase)
-    return fc.FaceShot(scale, x0 + region_w / 2 - scale * fx + sway_x, 0.42 * h - scale * fy + sway_y)
+    # whole-pixel placement: the renderer crops a pre-scaled photo instead of resampling it
+    tx = round(region_w / 2 - scale * fx + sway_x)
+    ty = round(0.42 * h - scale * fy + sway_y)
+    return fc.FaceShot(round(scale, 4), float(x0 + tx), float(ty))
 
 
 def render_video(plan: MoviePlan, per_speaker: dict[str, np.ndarray], out_path: Path, mix_wav: Path, crf: int):
@@ -118,7 +121,8 @@ def render_video(plan: MoviePlan, per_speaker: dict[str, np.ndarray], out_path: 
             for k, (variant, spk, region) in enumerate(cast):
                 o = 0.0 if scene.type == "narration" else float(opening[spk][min(f, len(opening[spk]) - 1)])
                 shot = _shot(region[1] - region[0], h, zoom[scene.index], t, 1.3 * k + scene.index, region[0])
-                fc.place(canvas, fc.open_mouth(variant, o), shot, region)
+                view = fc.FaceShot(shot.scale, shot.tx - region[0], shot.ty)
+                canvas[:, region[0] : region[1]] = fc.render(variant, o, view, (region[1] - region[0], h))
                 faces.append(
                     {
                         "speaker": spk, "variant": variant, "opening": round(o, 2),
