@@ -39,7 +39,9 @@ def _fail(err: ConfigError) -> None:
 def run_cmd(
     job: Annotated[Path, typer.Argument(help="a job YAML, e.g. jobs/synth.yaml")],
     overrides: Overrides = None,
-    dry_run: Annotated[bool, typer.Option(help="validate and print the config, run nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="validate and print the config, run nothing")
+    ] = False,
 ) -> None:
     """Run the job a YAML describes (its `job:` key picks which)."""
     try:
@@ -68,7 +70,9 @@ def synth(
     if output is not None and "=" in output:  # `dubforge synth movies=3`: no output given
         items.insert(0, output)
         output = None
-    flags = {k: v for k, v in (("output", output), ("movies", movies), ("seed", seed)) if v is not None}
+    flags = {
+        k: v for k, v in (("output", output), ("movies", movies), ("seed", seed)) if v is not None
+    }
     try:
         base = read_yaml(config) if config.is_file() else {"job": "synth"}
         cfg = build(SynthConfig, merge(merge(base, flags), parse_overrides(items)), str(config))
@@ -104,8 +108,16 @@ def doctor(
         "packages": {
             p: version(p)
             for p in (
-                "torch", "ray", "deepspeed", "mlflow", "transformers", "audio-separator",
-                "webdataset", "pyarrow", "ffmpeg-python", "opencv-python-headless",
+                "torch",
+                "ray",
+                "deepspeed",
+                "mlflow",
+                "transformers",
+                "audio-separator",
+                "webdataset",
+                "pyarrow",
+                "ffmpeg-python",
+                "opencv-python-headless",
             )
         },
         "tools": {t: shutil.which(t) for t in ("ffmpeg", "ffprobe", "espeak-ng", "sox")},

@@ -61,7 +61,9 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} sets a field inside {part!r}, which is a value")
+                raise ConfigError(
+                    f"override {item!r} sets a field inside {part!r}, which is a value"
+                )
         node[parts[-1]] = value
     return out
 
@@ -98,7 +100,9 @@ def build(cls: type[JobConfig], data: dict[str, Any], source: str = "the config"
         return cls.model_validate(data)
     except ValidationError as e:
         lines = [_describe(err, cls, source) for err in e.errors()]
-        raise ConfigError(f"invalid {cls.job_name()} config in {source}:\n" + "\n".join(lines)) from None
+        raise ConfigError(
+            f"invalid {cls.job_name()} config in {source}:\n" + "\n".join(lines)
+        ) from None
 
 
 def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:

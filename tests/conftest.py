@@ -55,44 +55,45 @@ class RayCluster:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A head node on 127.0.0.1 with non-default ports, its own fresh temp dir and token auth.
-
-    Started from the venv (its bin first on PATH) because job entrypoints run with the PATH of the
-    `ray start` process. Stopped, and its temp dir removed, at the end of the session.
-    """
+    """A head node on 127.0.0.1 with non-default ports, its own fresh temp dir and token auth,
+    started and stopped by cluster/local.sh (so that script is what the tests exercise)."""
     # short path: Ray's unix sockets live under the temp dir and have a ~107 character limit
     temp_dir = Path(tempfile.mkdtemp(prefix="dfray-", dir="/tmp"))
     gcs, dash, client, nm, om, metrics, rte, agent, agent_grpc = _free_ports(9)
+    worker_base = 20000 + secrets.randbelow(400) * 100
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "RAY_USAGE_STATS_ENABLED": "0",
-    }
+        "RAY_TEMP_DIR": str(temp_dir),
+        "RAY_PORT": str(gcs),
+        "RAY_DASHBOARD_PORT": str(dash),
+        "RAY_NUM_CPUS": "2",
+        "RAY_START_ARGS": " ".join([
+            f"--ray-client-server-port={client}", f"--node-manager-port={nm}",
+            f"--object-manager-port={om}", f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={rte}", f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--min-worker-port={worker_base}", f"--max-worker-port={worker_base + 99}",
+        ]),
+    }  # fmt: skip
     env.pop("RAY_ADDRESS", None)
-    worker_base = 20000 + secrets.randbelow(400) * 100
-    cmd = [
-        str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-        f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={client}", f"--node-manager-port={nm}",
-        f"--object-manager-port={om}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={rte}", f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--min-worker-port={worker_base}", f"--max-worker-port={worker_base + 99}",
-        f"--temp-dir={temp_dir}", "--num-cpus=2", "--disable-usage-stats",
-    ]  # fmt: skip
-    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    script = str(REPO / "cluster" / "local.sh")
+    started = subprocess.run(
+        ["bash", script, "up"], env=env, capture_output=True, text=True, timeout=180
+    )
     if started.returncode != 0:
         shutil.rmtree(temp_dir, ignore_errors=True)
-        pytest.fail(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+        pytest.fail(f"cluster/local.sh up failed:\n{started.stdout}\n{started.stderr}")
+    assert f"RAY_ADDRESS=http://127.0.0.1:{dash}" in started.stdout
     cluster = RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env, temp_dir)
     try:
         _wait_for_jobs_api(cluster)
         yield cluster
     finally:
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        # a later ray.init with this temp dir would try to join the dead cluster
+        subprocess.run(["bash", script, "down"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

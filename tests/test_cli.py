@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from dubforge.cli import app
-
 from tests.conftest import VENV_BIN
 
 COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)

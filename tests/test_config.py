@@ -6,12 +6,12 @@ import os
 import stat
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from dubforge.cli import app
 from dubforge.config import ConfigError, JobConfig, job_names, load_job, merge, parse_overrides
 from dubforge.synth.config import SynthConfig
-
 from tests.conftest import REPO
 
 JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
@@ -26,7 +26,7 @@ def test_every_job_yaml_loads(path):
     cfg = load_job(path)
     assert isinstance(cfg, JobConfig)
     assert cfg.job in job_names()
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.job = "other"  # type: ignore[misc]
 
 
@@ -97,6 +97,8 @@ def test_cli_bad_field_exits_2_before_doing_anything(tmp_path):
 
 
 def test_cli_dry_run_prints_resolved_config():
-    result = CliRunner().invoke(app, ["run", str(REPO / "jobs/synth.yaml"), "movies=7", "--dry-run"])
+    result = CliRunner().invoke(
+        app, ["run", str(REPO / "jobs/synth.yaml"), "movies=7", "--dry-run"]
+    )
     assert result.exit_code == 0, result.output
     assert '"movies": 7' in result.output

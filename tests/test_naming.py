@@ -65,7 +65,12 @@ def test_python_m_from_repo_root(repo):
     assert Path(report["stdlib_platform"]).resolve() == STDLIB / "platform.py"
     assert any(Path(p).resolve() == repo / "platform" for p in report["dubforge"]["path"])
     probe = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=repo, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", PROBE],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     _check_report(_report(probe.stdout))
 
@@ -95,8 +100,8 @@ def test_ray_task_with_repo_working_dir(repo, ray_cluster):
     script = textwrap.dedent(
         f"""
         import ray
-        ray.init(address={ray_cluster.address!r}, include_dashboard=False,
-                 runtime_env={{"working_dir": {str(repo)!r}, "excludes": [".venv", "runs", ".git"]}})
+        env = {{"working_dir": {str(repo)!r}, "excludes": [".venv", "runs", ".git"]}}
+        ray.init(address={ray_cluster.address!r}, include_dashboard=False, runtime_env=env)
 
         @ray.remote
         def probe():

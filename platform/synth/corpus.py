@@ -58,14 +58,24 @@ def _speaker_task(k: int, count: int, cfg: SynthConfig, root: str) -> list[dict]
     for u in range(count):
         text = sentence(rng)
         utt = espeak().synthesize(text, spk.voice, spk.rate + int(rng.integers(-15, 16)), spk.pitch)
-        gain = 10 ** (float(rng.uniform(-24, -16)) / 20) / max(float(np.sqrt(np.mean(utt.wave**2))), 1e-9)
+        gain = 10 ** (float(rng.uniform(-24, -16)) / 20) / max(
+            float(np.sqrt(np.mean(utt.wave**2))), 1e-9
+        )
         name = f"{spk.id}_{u:04d}"
-        sf.write(folder / f"{name}.wav", np.clip(utt.wave * gain, -1, 1), utt.sample_rate, subtype="PCM_16")
+        sf.write(
+            folder / f"{name}.wav",
+            np.clip(utt.wave * gain, -1, 1),
+            utt.sample_rate,
+            subtype="PCM_16",
+        )
         (folder / f"{name}.txt").write_text(text + "\n")
         rows.append(
             {
-                "path": f"speech/{spk.id}/{name}.wav", "speaker": spk.id, "gender": spk.gender,
-                "text": text, "sample_rate": utt.sample_rate,
+                "path": f"speech/{spk.id}/{name}.wav",
+                "speaker": spk.id,
+                "gender": spk.gender,
+                "text": text,
+                "sample_rate": utt.sample_rate,
                 "words": [[w.text, w.start, w.end] for w in utt.words],
             }
         )
@@ -81,7 +91,9 @@ def _fresh_process_pool(workers: int) -> ProcessPoolExecutor:
     process cheap.
     """
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["dubforge.synth.movie", "dubforge.synth.script", "cv2", "scipy.signal"])
+    ctx.set_forkserver_preload(
+        ["dubforge.synth.movie", "dubforge.synth.script", "cv2", "scipy.signal"]
+    )
     return ProcessPoolExecutor(workers, mp_context=ctx, max_tasks_per_child=1)
 
 
@@ -89,16 +101,24 @@ def generate(cfg: SynthConfig) -> dict:
     """Write the corpus described by `cfg`; returns the corpus index (also saved as corpus.json)."""
     digest = config_digest(cfg)
     done_marker = f"{cfg.output.rstrip('/')}/.completed"
-    if not cfg.overwrite and storage.exists(done_marker) and storage.read_text(done_marker).strip() == digest:
+    if (
+        not cfg.overwrite
+        and storage.exists(done_marker)
+        and storage.read_text(done_marker).strip() == digest
+    ):
         return json.loads(storage.read_text(f"{cfg.output.rstrip('/')}/corpus.json"))
     t0 = time.perf_counter()
     with storage.output_dir(cfg.output) as root:
         (root / ".completed").unlink(missing_ok=True)
-        per_speaker = np.diff(np.linspace(0, cfg.speech_utterances, cfg.speech_speakers + 1).astype(int))
+        per_speaker = np.diff(
+            np.linspace(0, cfg.speech_utterances, cfg.speech_speakers + 1).astype(int)
+        )
         with _fresh_process_pool(cfg.workers) as pool:
             movies = [pool.submit(_movie_task, i, cfg, str(root)) for i in range(cfg.movies)]
             readers = [
-                pool.submit(_speaker_task, k, int(n), cfg, str(root)) for k, n in enumerate(per_speaker) if n
+                pool.submit(_speaker_task, k, int(n), cfg, str(root))
+                for k, n in enumerate(per_speaker)
+                if n
             ]
             entries = [f.result() for f in movies]
             rows = [row for f in readers for row in f.result()]

@@ -10,7 +10,7 @@ the audio and a face detector still sees a face.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import cv2
 import numpy as np
@@ -47,7 +47,7 @@ class FaceShot:
         return round(x0, 1), round(y0, 1), round(x1, 1), round(y1, 1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def photo(variant: str) -> np.ndarray:
     """The RGB portrait for a face variant ("a" or "b"), uint8 [512, 512, 3]."""
     from skimage import data

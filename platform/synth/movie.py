@@ -64,7 +64,10 @@ def render_audio(
     for ln in plan.lines:
         a, b = int(ln.start * sr), int(ln.end * sr)
         levels.append(
-            {"speech_db": round(bgm.rms_db(speech_st[:, a:b]), 2), "bg_db": round(bgm.rms_db(bg[:, a:b]), 2)}
+            {
+                "speech_db": round(bgm.rms_db(speech_st[:, a:b]), 2),
+                "bg_db": round(bgm.rms_db(bg[:, a:b]), 2),
+            }
         )
     return speech_st, bg, per_speaker, levels
 
@@ -87,19 +90,33 @@ def _shot(region_w: int, h: int, zoom: float, t: float, phase: float, x0: int) -
     return fc.FaceShot(round(scale, 4), float(x0 + tx), float(ty))
 
 
-def render_video(plan: MoviePlan, per_speaker: dict[str, np.ndarray], out_path: Path, mix_wav: Path, crf: int):
+def render_video(
+    plan: MoviePlan, per_speaker: dict[str, np.ndarray], out_path: Path, mix_wav: Path, crf: int
+) -> list[dict]:
     """Encode the frames and the soundtrack into an mp4; return per-frame ground truth."""
     w, h = plan.width, plan.height
     n_frames = int(round(plan.duration * FPS))
     ref = bgm.db_to_gain(_MOUTH_REF_DB)
-    opening = {k: fc.openings(fc.envelope(v, plan.sample_rate, FPS), ref) for k, v in per_speaker.items()}
+    opening = {
+        k: fc.openings(fc.envelope(v, plan.sample_rate, FPS), ref) for k, v in per_speaker.items()
+    }
     spk_a, spk_b = plan.speakers[0].id, plan.speakers[1].id
     video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{w}x{h}", framerate=FPS)
     audio = ffmpeg.input(str(mix_wav))
     proc = (
         ffmpeg.output(
-            video, audio, str(out_path), vcodec="libx264", pix_fmt="yuv420p", preset="superfast",
-            crf=crf, acodec="aac", audio_bitrate="128k", r=FPS, movflags="+faststart", threads=1,
+            video,
+            audio,
+            str(out_path),
+            vcodec="libx264",
+            pix_fmt="yuv420p",
+            preset="superfast",
+            crf=crf,
+            acodec="aac",
+            audio_bitrate="128k",
+            r=FPS,
+            movflags="+faststart",
+            threads=1,
         )
         .overwrite_output()
         .global_args("-loglevel", "error")
@@ -119,13 +136,23 @@ def render_video(plan: MoviePlan, per_speaker: dict[str, np.ndarray], out_path: 
                 cast = [(scene.face, spk, (0, w))]
             faces = []
             for k, (variant, spk, region) in enumerate(cast):
-                o = 0.0 if scene.type == "narration" else float(opening[spk][min(f, len(opening[spk]) - 1)])
-                shot = _shot(region[1] - region[0], h, zoom[scene.index], t, 1.3 * k + scene.index, region[0])
+                o = (
+                    0.0
+                    if scene.type == "narration"
+                    else float(opening[spk][min(f, len(opening[spk]) - 1)])
+                )
+                shot = _shot(
+                    region[1] - region[0], h, zoom[scene.index], t, 1.3 * k + scene.index, region[0]
+                )
                 view = fc.FaceShot(shot.scale, shot.tx - region[0], shot.ty)
-                canvas[:, region[0] : region[1]] = fc.render(variant, o, view, (region[1] - region[0], h))
+                canvas[:, region[0] : region[1]] = fc.render(
+                    variant, o, view, (region[1] - region[0], h)
+                )
                 faces.append(
                     {
-                        "speaker": spk, "variant": variant, "opening": round(o, 2),
+                        "speaker": spk,
+                        "variant": variant,
+                        "opening": round(o, 2),
                         "face_box": shot.box(fc.face_box(variant)),
                         "mouth_box": shot.box(fc.mouth_box(variant, o)),
                     }
@@ -140,7 +167,9 @@ def render_video(plan: MoviePlan, per_speaker: dict[str, np.ndarray], out_path: 
     return truth
 
 
-def write_movie(plan: MoviePlan, speech: dict[int, Utterance], root: Path, crf: int, vtt: bool) -> dict:
+def write_movie(
+    plan: MoviePlan, speech: dict[int, Utterance], root: Path, crf: int, vtt: bool
+) -> dict:
     """Render and write every file of one movie; return its entry for the corpus index."""
     movies, truth_dir = root / "movies", root / "truth" / plan.movie_id
     movies.mkdir(parents=True, exist_ok=True)
@@ -148,24 +177,35 @@ def write_movie(plan: MoviePlan, speech: dict[int, Utterance], root: Path, crf: 
     speech_st, bg, per_speaker, levels = render_audio(plan, speech)
     sr = plan.sample_rate
     for name, x in (("speech", speech_st), ("background", bg), ("mix", speech_st + bg)):
-        sf.write(truth_dir / f"{name}.wav", np.round(x.T * 32767).astype(np.int16), sr, subtype="PCM_16")
-    frames = render_video(plan, per_speaker, movies / f"{plan.movie_id}.mp4", truth_dir / "mix.wav", crf)
+        sf.write(
+            truth_dir / f"{name}.wav", np.round(x.T * 32767).astype(np.int16), sr, subtype="PCM_16"
+        )
+    frames = render_video(
+        plan, per_speaker, movies / f"{plan.movie_id}.mp4", truth_dir / "mix.wav", crf
+    )
     cues = [(ln.start, ln.end, ln.text, ln.scene_type == "narration") for ln in plan.lines]
     sub = movies / f"{plan.movie_id}.{'vtt' if vtt else 'srt'}"
     (write_vtt if vtt else write_srt)(sub, cues)
     (movies / f"{plan.movie_id}.labels.json").write_text(json.dumps(_labels(plan), indent=1))
     alignment = {
-        "movie_id": plan.movie_id, "duration": plan.duration, "fps": FPS, "sample_rate": sr,
-        "channels": plan.channels, "width": plan.width, "height": plan.height,
+        "movie_id": plan.movie_id,
+        "duration": plan.duration,
+        "fps": FPS,
+        "sample_rate": sr,
+        "channels": plan.channels,
+        "width": plan.width,
+        "height": plan.height,
         "background": plan.background,
         "scenes": [asdict(s) for s in plan.scenes],
-        "lines": [_line_truth(ln, lv) for ln, lv in zip(plan.lines, levels)],
+        "lines": [_line_truth(ln, lv) for ln, lv in zip(plan.lines, levels, strict=True)],
         "frames": frames,
     }
     (truth_dir / "alignment.json").write_text(json.dumps(alignment))
     return {
-        "movie_id": plan.movie_id, "video": f"movies/{plan.movie_id}.mp4",
-        "subtitles": f"movies/{sub.name}", "lines": len(plan.lines),
+        "movie_id": plan.movie_id,
+        "video": f"movies/{plan.movie_id}.mp4",
+        "subtitles": f"movies/{sub.name}",
+        "lines": len(plan.lines),
         "scene_types": sorted({s.type for s in plan.scenes}),
         "low_background_lines": sum(lv["bg_db"] < -40 for lv in levels),
         "quiet_speech_lines": sum(lv["speech_db"] < -40 for lv in levels),
@@ -174,9 +214,17 @@ def write_movie(plan: MoviePlan, speech: dict[int, Utterance], root: Path, crf: 
 
 def _line_truth(ln: Line, level: dict) -> dict:
     return {
-        "index": ln.index, "start": ln.start, "end": ln.end, "offset": ln.offset, "text": ln.text,
-        "speaker": ln.speaker, "scene": ln.scene, "scene_type": ln.scene_type,
-        "planned_speech_db": round(ln.speech_db, 2), "planned_bg_db": round(ln.bg_db, 2), **level,
+        "index": ln.index,
+        "start": ln.start,
+        "end": ln.end,
+        "offset": ln.offset,
+        "text": ln.text,
+        "speaker": ln.speaker,
+        "scene": ln.scene,
+        "scene_type": ln.scene_type,
+        "planned_speech_db": round(ln.speech_db, 2),
+        "planned_bg_db": round(ln.bg_db, 2),
+        **level,
         "words": [asdict(w) for w in ln.words],
     }
 
@@ -188,8 +236,14 @@ def _labels(plan: MoviePlan) -> dict:
         spk = plan.speaker(ln.speaker)
         lines.append(
             {
-                "index": ln.index, "start": ln.start, "end": ln.end, "scene_type": ln.scene_type,
-                "speaker_id": spk.id, "gender": spk.gender, "age": "adult", "emotion": ln.emotion,
+                "index": ln.index,
+                "start": ln.start,
+                "end": ln.end,
+                "scene_type": ln.scene_type,
+                "speaker_id": spk.id,
+                "gender": spk.gender,
+                "age": "adult",
+                "emotion": ln.emotion,
                 "on_screen": ln.scene_type != "narration",
             }
         )

@@ -20,25 +20,67 @@ VOICES = {
     "female": ("f1", "f2", "f3", "f4", "f5"),
 }
 # Emotions change delivery: (rate delta in words/min, pitch delta, pitch range)
-_DELIVERY = {"neutral": (0, 0, 50), "calm": (-25, -5, 35), "excited": (40, 12, 80), "sad": (-35, -10, 25)}
+_DELIVERY = {
+    "neutral": (0, 0, 50),
+    "calm": (-25, -5, 35),
+    "excited": (40, 12, 80),
+    "sad": (-35, -10, 25),
+}
 RESOLUTIONS = ((640, 360), (854, 480), (480, 480), (960, 540), (720, 576))
 BACKGROUNDS = ("noise", "hum", "music", "ambience")
 
 _SUBJECTS = (
-    "the captain", "my brother", "the old doctor", "our neighbor", "the pilot", "your sister",
-    "the teacher", "a stranger", "the mayor", "the baker", "the young soldier", "her father",
+    "the captain",
+    "my brother",
+    "the old doctor",
+    "our neighbor",
+    "the pilot",
+    "your sister",
+    "the teacher",
+    "a stranger",
+    "the mayor",
+    "the baker",
+    "the young soldier",
+    "her father",
 )
 _VERBS = (
-    "left", "found", "painted", "carried", "forgot", "opened", "repaired", "hid", "sold",
-    "watched", "followed", "promised",
+    "left",
+    "found",
+    "painted",
+    "carried",
+    "forgot",
+    "opened",
+    "repaired",
+    "hid",
+    "sold",
+    "watched",
+    "followed",
+    "promised",
 )
 _OBJECTS = (
-    "the lantern", "a letter", "the red boat", "the garden gate", "an old map", "the piano",
-    "the radio", "a silver key", "the wooden box", "the last train", "the kitchen window",
+    "the lantern",
+    "a letter",
+    "the red boat",
+    "the garden gate",
+    "an old map",
+    "the piano",
+    "the radio",
+    "a silver key",
+    "the wooden box",
+    "the last train",
+    "the kitchen window",
 )
 _PLACES = (
-    "by the river", "before dawn", "in the harbor", "after the storm", "near the station",
-    "under the bridge", "at the market", "behind the church", "on the hill", "in the rain",
+    "by the river",
+    "before dawn",
+    "in the harbor",
+    "after the storm",
+    "near the station",
+    "under the bridge",
+    "at the market",
+    "behind the church",
+    "on the hill",
+    "in the rain",
 )
 _TEMPLATES = (
     "{S} {V} {O} {P}.",
@@ -192,7 +234,9 @@ def plan_movie(
             utt = espeak().synthesize(text, spk.voice, rate, pitch, pitch_range)
             if t + utt.words[-1].end > scene.end - 0.3:
                 break
-            words = tuple(replace(w, start=round(t + w.start, 4), end=round(t + w.end, 4)) for w in utt.words)
+            words = tuple(
+                replace(w, start=round(t + w.start, 4), end=round(t + w.end, 4)) for w in utt.words
+            )
             speech[len(lines)] = utt
             lines.append(
                 Line(

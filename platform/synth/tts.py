@@ -176,7 +176,7 @@ def _words(
         group = tokens[first:stop_tok]
         chars = np.cumsum([0] + [len(t) for _, t in group], dtype=np.float64)
         bounds = start + (end - start) * chars / chars[-1]
-        for (_, tok), a, b in zip(group, bounds[:-1], bounds[1:]):
+        for (_, tok), a, b in zip(group, bounds[:-1], bounds[1:], strict=True):
             words.append(Word(tok, round(float(a), 4), round(float(max(b, a)), 4)))
     return tuple(words)
 

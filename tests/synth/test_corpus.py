@@ -37,7 +37,8 @@ def _alignment(root: Path, movie_id: str) -> dict:
 
 def _decode_gray(path: Path, w: int, h: int) -> np.ndarray:
     raw = subprocess.run(
-        ["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+        ["ffmpeg", "-v", "error", "-xerror", "-i", str(path),
+         "-f", "rawvideo", "-pix_fmt", "gray", "-"],
         capture_output=True, check=True,
     ).stdout  # fmt: skip
     return np.frombuffer(raw, np.uint8).reshape(-1, h, w)
@@ -163,7 +164,9 @@ def test_mouth_follows_speech_in_monologue_not_in_narration(corpus):
             if line["speech_db"] < -40 or line["scene_type"] == "dialogue":
                 continue  # near-silent lines barely move the mouth; dialogue: two faces
             rng = range(int(line["start"] * FPS), int(line["end"] * FPS))
-            opening = np.array([_mouth_dark_pixels(frames[f], al["frames"][f]["faces"][0]) for f in rng])
+            opening = np.array(
+                [_mouth_dark_pixels(frames[f], al["frames"][f]["faces"][0]) for f in rng]
+            )
             c = _corr(opening.astype(float), env[rng.start : rng.stop])
             (mono if line["scene_type"] == "monologue" else narr).append(c)
     assert len(mono) >= 4 and len(narr) >= 2
@@ -199,7 +202,9 @@ def _parse_cues(path: Path) -> list[tuple[float, float, str]]:
     for g in re.finditer(pat, text, re.S):
         h1, m1, s1, ms1, h2, m2, s2, ms2 = (int(x) for x in g.groups()[:8])
         body = re.sub(r"</?i>", "", g.group(9)).replace("\n", " ").strip()
-        cues.append((h1 * 3600 + m1 * 60 + s1 + ms1 / 1000, h2 * 3600 + m2 * 60 + s2 + ms2 / 1000, body))
+        cues.append(
+            (h1 * 3600 + m1 * 60 + s1 + ms1 / 1000, h2 * 3600 + m2 * 60 + s2 + ms2 / 1000, body)
+        )
     return cues
 
 
@@ -209,13 +214,15 @@ def test_subtitle_cues_match_word_timings(corpus):
         al = _alignment(root, m["movie_id"])
         cues = _parse_cues(root / m["subtitles"])
         assert len(cues) == len(al["lines"]) == m["lines"] > 0
-        for (start, end, text), line in zip(cues, al["lines"]):
+        for (start, end, text), line in zip(cues, al["lines"], strict=True):
             words = line["words"]
             assert abs(start - words[0]["start"]) <= 0.0006
             assert abs(end - words[-1]["end"]) <= 0.0006
             assert text == line["text"]
             assert [w["text"].lower() for w in words] == re.findall(r"[a-z']+", text.lower())
-            assert all(a["end"] <= b["start"] + 1e-3 for a, b in zip(words, words[1:]))
+            assert all(
+                a["end"] <= b["start"] + 1e-3 for a, b in zip(words, words[1:], strict=False)
+            )
 
 
 def test_labels_and_energy_cases(corpus):
@@ -224,14 +231,16 @@ def test_labels_and_energy_cases(corpus):
         labels = json.loads((root / "movies" / f"{m['movie_id']}.labels.json").read_text())
         al = _alignment(root, m["movie_id"])
         assert len(labels["lines"]) == len(al["lines"])
-        for lab, line in zip(labels["lines"], al["lines"]):
+        for lab, line in zip(labels["lines"], al["lines"], strict=True):
             assert lab["scene_type"] == line["scene_type"]
             assert lab["speaker_id"] == line["speaker"]
             assert lab["gender"] in ("male", "female")
             assert lab["on_screen"] == (line["scene_type"] != "narration")
         speakers = {s["id"]: s for s in labels["speakers"]}
-        assert all(speakers[lab["speaker_id"]]["gender"] == lab["gender"] for lab in labels["lines"])
-        # measured levels: one line below -40 dB background per movie, a near-silent line in odd ones
+        assert all(
+            speakers[lab["speaker_id"]]["gender"] == lab["gender"] for lab in labels["lines"]
+        )
+        # measured levels: one line under -40 dB background per movie, a near-silent one in odd ones
         low_bg = [ln for ln in al["lines"] if ln["bg_db"] < -40]
         quiet = [ln for ln in al["lines"] if ln["speech_db"] < -40]
         assert len(low_bg) == 1 and len(quiet) == (1 if k % 2 else 0), m["movie_id"]
@@ -278,4 +287,6 @@ def test_same_seed_same_corpus_other_seed_differs(tmp_path):
     for rel in ("truth/movie_000/mix.wav", "truth/movie_000/alignment.json", "movies/movie_000.srt",
                 "speech/reader_00/reader_00_0001.wav"):  # fmt: skip
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    assert (a / "truth/movie_000/mix.wav").read_bytes() != (c / "truth/movie_000/mix.wav").read_bytes()
+    assert (a / "truth/movie_000/mix.wav").read_bytes() != (
+        c / "truth/movie_000/mix.wav"
+    ).read_bytes()

@@ -26,7 +26,7 @@ def test_every_word_is_timed_in_order(text):
     assert utt.wave.dtype == np.float32 and np.abs(utt.wave).max() > 0.1
     assert [w.text for w in utt.words] == re.findall(r"[A-Za-z']+", text)
     assert utt.words[0].start == 0.0
-    for a, b in zip(utt.words, utt.words[1:]):
+    for a, b in zip(utt.words, utt.words[1:], strict=False):
         assert a.start < a.end <= b.start + 1e-3
     assert utt.words[-1].end <= len(utt.wave) / utt.sample_rate + 1e-3
 
@@ -62,7 +62,9 @@ def test_same_text_is_bit_identical_in_fresh_processes():
         "print(hashlib.sha256(u.wave.tobytes()).hexdigest(), [w.end for w in u.words])"
     )
     runs = [
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
         for _ in range(2)
     ]
     assert runs[0] == runs[1] and len(runs[0]) > 64
