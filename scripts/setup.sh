@@ -25,7 +25,7 @@ if [ "$(cat .venv/.setup-stamp 2>/dev/null)" = "$stamp" ] && [ -x .venv/bin/dubf
   exit 0
 fi
 
-PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt)
+PIP=(.venv/bin/python -m pip install -qq --disable-pip-version-check -c requirements/constraints.txt)
 echo "setup: installing Python packages into .venv ($DEVICE)"
 # torch first and pinned: a package that asks for torch later then finds it satisfied instead of
 # pulling the newest CUDA build (gigabytes of nvidia wheels).

@@ -290,3 +290,23 @@ def test_same_seed_same_corpus_other_seed_differs(tmp_path):
     assert (a / "truth/movie_000/mix.wav").read_bytes() != (
         c / "truth/movie_000/mix.wav"
     ).read_bytes()
+
+
+def test_corpus_to_a_remote_uri_is_staged_then_uploaded(monkeypatch):
+    from pyarrow import fs as pafs
+
+    from dubforge import storage
+
+    remote = pafs._MockFileSystem()  # in-memory pyarrow filesystem standing for s3://
+    monkeypatch.setattr(storage, "resolve", lambda path: (remote, path.split("://", 1)[1]))
+    cfg = SynthConfig(
+        output="s3://bucket/corpus", movies=1, seed=2, duration=8.0, scene_seconds=8.0,
+        speech_utterances=1, speech_speakers=1, workers=1,
+    )  # fmt: skip
+    index = generate(cfg)
+    listed = remote.get_file_info(pafs.FileSelector("bucket/corpus", recursive=True))
+    names = {info.path.removeprefix("bucket/corpus/") for info in listed}
+    assert {"movies/movie_000.mp4", "truth/movie_000/mix.wav", "corpus.json", ".completed"} <= names
+    # a second run finds the finished corpus at the URI and does nothing
+    monkeypatch.setattr("dubforge.synth.corpus._fresh_process_pool", None)
+    assert generate(cfg)["digest"] == index["digest"]
