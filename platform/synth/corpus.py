@@ -3,7 +3,8 @@
 Layout under the output folder:
   movies/    <id>.mp4 + <id>.srt (one movie ships a .vtt instead) + <id>.labels.json
   truth/     <id>/{speech,background,mix}.wav + alignment.json; speech_alignment.jsonl
-  speech/    <speaker>/<utt>.wav + <utt>.txt, metadata.csv (`path|speaker|text`)
+  speech/    <speaker>/<utt>.wav + <utt>.txt, metadata.csv (`path|speaker|text`, paths
+             relative to speech/)
   corpus.json  the config, per-movie counts and timings; `.completed` marks a finished corpus
 """
 
@@ -144,7 +145,10 @@ def generate(cfg: SynthConfig) -> dict:
 
 def _write_speech_index(root: Path, rows: list[dict]) -> None:
     (root / "speech").mkdir(exist_ok=True)
-    lines = ["path|speaker|text"] + [f"{r['path']}|{r['speaker']}|{r['text']}" for r in rows]
+    # paths relative to the csv, as speech corpora ship them
+    lines = ["path|speaker|text"] + [
+        f"{r['path'].removeprefix('speech/')}|{r['speaker']}|{r['text']}" for r in rows
+    ]
     (root / "speech" / "metadata.csv").write_text("\n".join(lines) + "\n")
     (root / "truth").mkdir(exist_ok=True)
     with open(root / "truth" / "speech_alignment.jsonl", "w") as f:

@@ -258,9 +258,9 @@ def test_speech_corpus(corpus):
     speakers = set()
     for row in rows[1:]:
         path, speaker, text = row.split("|")
-        wav, sr = sf.read(root / path)
+        wav, sr = sf.read(root / "speech" / path)
         assert sr == 22050 and wav.ndim == 1 and len(wav) > sr // 2
-        assert (root / path).with_suffix(".txt").read_text().strip() == text
+        assert (root / "speech" / path).with_suffix(".txt").read_text().strip() == text
         speakers.add(speaker)
     assert len(speakers) == 2
 
