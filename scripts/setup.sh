@@ -32,6 +32,9 @@ echo "setup: installing Python packages into .venv ($DEVICE)"
 "${PIP[@]}" "torch==2.13.0" "setuptools==80.10.2"
 extra=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)
 "${PIP[@]}" -e ".[dev,$extra]"
+# MediaPipe's metadata pins numpy<2 and protobuf<5, which nothing else here can live with; its
+# legacy face detection + face mesh (bundled models) run fine on numpy 2 / protobuf 6.
+"${PIP[@]}" --no-deps "mediapipe==0.10.21"
 # audio-separator (through onnx2torch) pulls a CUDA-linked torchvision whose import fails against
 # the CPU torch and breaks transformers' model imports; nothing of ours needs torchvision.
 if [ "$DEVICE" = cpu ]; then
