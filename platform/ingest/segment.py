@@ -63,9 +63,14 @@ def _split(
 
 
 def segment(
-    input_id: str, cues: list[Cue] | tuple[Cue, ...], duration: float, cfg: SegmentConfig
+    input_id: str,
+    cues: list[Cue] | tuple[Cue, ...],
+    duration: float,
+    cfg: SegmentConfig,
+    transcribed: bool = True,
 ) -> tuple[list[ClipSpec], list[Rejected]]:
-    """Clips (numbered from 0 in time order) and rejected spans for one input."""
+    """Clips (numbered from 0 in time order) and rejected spans for one input; `transcribed`
+    is False for cues from voice activity, which carry no text."""
     rejected: list[Rejected] = []
     kept: list[Cue] = []
     for cue in sorted(cues, key=lambda c: (c.start, c.end)):
@@ -90,5 +95,5 @@ def segment(
         hi = duration if k == len(spans) - 1 else min((b + spans[k + 1][0]) / 2, spans[k + 1][0])
         start = max(lo, min(a, a - cfg.pad))
         end = min(hi, max(b, b + cfg.pad))
-        clips.append(ClipSpec(input_id, k, round(start, 3), round(end, 3), t, True, ids))
+        clips.append(ClipSpec(input_id, k, round(start, 3), round(end, 3), t, transcribed, ids))
     return clips, rejected
