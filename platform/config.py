@@ -36,9 +36,10 @@ class ConfigError(ValueError):
 
 def _registry() -> dict[str, type[JobConfig]]:
     # imported here so that loading a config never imports a job's heavy dependencies
+    from dubforge.ingest.config import IngestConfig
     from dubforge.synth.config import SynthConfig
 
-    return {"synth": SynthConfig}
+    return {"synth": SynthConfig, "ingest": IngestConfig}
 
 
 def job_names() -> list[str]:

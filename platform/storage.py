@@ -78,3 +78,19 @@ def output_dir(dest: str) -> Iterator[Path]:
         upload(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def localize(uri: str, cache_dir: Path) -> Path:
+    """A local path for `uri`: the file itself when local, else a copy in `cache_dir` (tools like
+    ffmpeg read local files only)."""
+    if is_local(uri):
+        return local_path(uri)
+    filesystem, path = resolve(uri)
+    dest = cache_dir / path.lstrip("/")
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        with filesystem.open_input_stream(path) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        tmp.replace(dest)
+    return dest

@@ -22,6 +22,9 @@ class SynthConfig(JobConfig):
     scene_seconds: float = Field(15.0, ge=6.0, description="target length of a scene")
     speech_utterances: int = Field(48, ge=0, description="utterances in the speech-only corpus")
     speech_speakers: int = Field(6, ge=1, description="voices in the speech-only corpus")
+    stems: bool = Field(
+        True, description="ship studio stems beside each movie: <id>.dialogue.flac + <id>.me.flac"
+    )
     crf: int = Field(20, ge=0, le=51, description="x264 quality (lower is better)")
     workers: int = Field(2, ge=1, description="parallel processes")
     overwrite: bool = Field(False, description="regenerate even if a finished corpus is there")

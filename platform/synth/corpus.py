@@ -44,7 +44,7 @@ def _movie_task(index: int, cfg: SynthConfig, root: str) -> dict:
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads only contend
     t0 = time.perf_counter()
     plan, speech = plan_movie(index, cfg.seed, cfg.duration, cfg.scene_seconds)
-    entry = write_movie(plan, speech, Path(root), cfg.crf, vtt=index == VTT_MOVIE)
+    entry = write_movie(plan, speech, Path(root), cfg.crf, vtt=index == VTT_MOVIE, stems=cfg.stems)
     entry["seconds"] = round(time.perf_counter() - t0, 2)
     return entry
 

@@ -4,6 +4,8 @@ Files written for movie `<id>` under a corpus root:
   movies/<id>.mp4            25 fps h264 + aac, the planned size and channel count
   movies/<id>.srt | .vtt     one cue per line, exactly [first word start, last word end]
   movies/<id>.labels.json    labels per line: scene type, speaker, gender, emotion
+  movies/<id>.dialogue.flac  with `stems`: the speech stem as a studio dialogue stem
+  movies/<id>.me.flac        with `stems`: the background as a music-and-effects stem
   truth/<id>/speech.wav      the speech stem, PCM16 at the movie's rate and channels
   truth/<id>/background.wav  the background stem; speech + background == mix.wav
   truth/<id>/mix.wav         the soundtrack before AAC encoding
@@ -168,7 +170,7 @@ def render_video(
 
 
 def write_movie(
-    plan: MoviePlan, speech: dict[int, Utterance], root: Path, crf: int, vtt: bool
+    plan: MoviePlan, speech: dict[int, Utterance], root: Path, crf: int, vtt: bool, stems: bool
 ) -> dict:
     """Render and write every file of one movie; return its entry for the corpus index."""
     movies, truth_dir = root / "movies", root / "truth" / plan.movie_id
@@ -180,6 +182,10 @@ def write_movie(
         sf.write(
             truth_dir / f"{name}.wav", np.round(x.T * 32767).astype(np.int16), sr, subtype="PCM_16"
         )
+    if stems:  # a studio delivery: dialogue and music-and-effects stems beside the picture
+        for name, x in (("dialogue", speech_st), ("me", bg)):
+            out = movies / f"{plan.movie_id}.{name}.flac"
+            sf.write(out, np.round(x.T * 32767).astype(np.int16), sr, subtype="PCM_16")
     frames = render_video(
         plan, per_speaker, movies / f"{plan.movie_id}.mp4", truth_dir / "mix.wav", crf
     )

@@ -54,6 +54,7 @@ def test_synth_corpus_is_discovered_whole(tmp_path):
     assert [i.input_id for i in movies] == ["movie_000", "movie_001"]
     assert movies[0].subtitles.endswith(".srt") and movies[1].subtitles.endswith(".vtt")
     assert all(i.labels for i in movies)
+    assert all(i.stems and i.stems["speech"].endswith(".dialogue.flac") for i in movies)
     assert len(speech) == 3 and all(i.transcript and i.speaker == "reader_00" for i in speech)
 
 

@@ -77,6 +77,11 @@ def test_layout_and_counts(corpus):
         assert (root / "movies" / f"{mid}.labels.json").is_file()
         for name in ("speech.wav", "background.wav", "mix.wav", "alignment.json"):
             assert (root / "truth" / mid / name).is_file()
+    for m in index["movies"]:  # studio stems beside the picture are the truth stems
+        dialogue, _ = sf.read(root / "movies" / f"{m['movie_id']}.dialogue.flac", dtype="int16")
+        truth, _ = sf.read(root / "truth" / m["movie_id"] / "speech.wav", dtype="int16")
+        np.testing.assert_array_equal(dialogue, truth)
+        assert (root / "movies" / f"{m['movie_id']}.me.flac").is_file()
     subs = sorted(p.name for p in (root / "movies").glob("*.srt")) + sorted(
         p.name for p in (root / "movies").glob("*.vtt")
     )
