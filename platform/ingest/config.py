@@ -19,6 +19,7 @@ class SegmentSection(_Section):
     max_duration: float = Field(12.0, gt=0, description="longer cues are split (s)")
     merge_gap: float = Field(0.4, ge=0, description="merge short neighbours closer than this (s)")
     pad: float = Field(0.15, ge=0, description="seconds added on each side of a clip")
+    fps: int = Field(25, ge=1, description="clip edges snap to this video frame rate")
 
 
 class SeparatorSection(_Section):

@@ -15,6 +15,7 @@ class SegmentConfig:
     max_duration: float = 12.0  # longer cues are split
     merge_gap: float = 0.4  # neighbours closer than this merge while the clip is too short
     pad: float = 0.15  # seconds added on each side, never past a neighbour's midpoint
+    fps: int = 25  # clip edges snap to video frames, so codec/mel frames are whole multiples
 
 
 @dataclass(frozen=True)
@@ -95,5 +96,8 @@ def segment(
         hi = duration if k == len(spans) - 1 else min((b + spans[k + 1][0]) / 2, spans[k + 1][0])
         start = max(lo, min(a, a - cfg.pad))
         end = min(hi, max(b, b + cfg.pad))
+        # the same rounding on both sides of a shared boundary keeps neighbours from overlapping
+        start = round(start * cfg.fps) / cfg.fps
+        end = min(round(end * cfg.fps), math.floor(duration * cfg.fps + 1e-9)) / cfg.fps
         clips.append(ClipSpec(input_id, k, round(start, 3), round(end, 3), t, transcribed, ids))
     return clips, rejected

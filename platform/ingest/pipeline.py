@@ -1,0 +1,129 @@
+"""The ingest job: discover -> plan units -> Ray Data stages -> shards + manifest + summary.
+
+    units (from_items) --flat_map(plan_unit)--> rows (one per input and per clip)
+      --Decode (tasks)--> --Separate (actors, only when needed)--> --energy (tasks)-->
+      --Faces (actors)--> --Tokenize (actors)--> driver: UnitWriter (shards, manifest parts)
+
+Stages stream: the driver writes a unit as soon as its last row arrives. Resume: units that have
+a manifest part are skipped on a rerun; half-written shards of the others are removed first.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dubforge import storage
+from dubforge.ingest import stages
+from dubforge.ingest.config import IngestConfig
+from dubforge.ingest.discover import discover
+from dubforge.ingest.plan import make_units, plan_unit
+from dubforge.ingest.writer import UnitWriter, clean_unfinished, finished_units, parts_dir
+from dubforge.runtime import ray_session
+
+
+def codec_sample_rate(name_or_path: str) -> int:
+    """The codec's sample rate from its config alone (no weights loaded in the driver)."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(name_or_path).sampling_rate)
+    except OSError as e:
+        raise RuntimeError(
+            f"codec {name_or_path!r} is not a local transformers model folder: save one with "
+            "save_pretrained and set codec.name_or_path to it"
+        ) from e
+
+
+def build_dataset(units: list[dict[str, Any]], cfg: IngestConfig, sample_rate: int):  # noqa: ANN201
+    """The Ray Data plan (lazy); one place decides pools, batch sizes and GPUs."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    ds = ray.data.from_items(units, override_num_blocks=max(1, len(units)))
+    ds = ds.flat_map(lambda u: [{"row": stages.pack(r)} for r in plan_unit(u, cfg)])
+    kw = {"cfg": cfg, "sample_rate": sample_rate}
+    ds = ds.map_batches(stages.Decode, fn_constructor_kwargs=kw, batch_size=4,
+                        compute=ActorPoolStrategy(min_size=1, max_size=2))  # fmt: skip
+    if cfg.separator.model_dir:
+        ds = ds.map_batches(
+            stages.Separate, fn_constructor_kwargs=kw,
+            batch_size=1, num_gpus=cfg.separator.num_gpus,
+            compute=ActorPoolStrategy(size=cfg.separator.actors),
+        )  # fmt: skip
+    else:
+        ds = ds.map_batches(stages.require_stems, batch_size=8)
+    ds = ds.map_batches(functools.partial(stages.energy, cfg=cfg), batch_size=8)
+    if cfg.faces.enabled:
+        ds = ds.map_batches(stages.Faces, fn_constructor_kwargs=kw, batch_size=1,
+                            compute=ActorPoolStrategy(size=cfg.faces.actors))  # fmt: skip
+    return ds.map_batches(
+        stages.Tokenize, fn_constructor_kwargs={"cfg": cfg}, batch_size=4,
+        num_gpus=cfg.codec.num_gpus, compute=ActorPoolStrategy(size=cfg.codec.actors),
+    )  # fmt: skip
+
+
+def summarize(out: Path, wall: float) -> dict[str, Any]:
+    """Combine the manifest parts into manifest.parquet and the summary."""
+    parts = sorted(parts_dir(out).glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pa.table({})
+    pq.write_table(table, out / "manifest.parquet")
+    rows = table.to_pylist()
+    inputs = [r for r in rows if r["clip_no"] == -1]
+    clips = [r for r in rows if r["clip_no"] != -1]
+    accepted = [r for r in clips if r["status"] == "accepted"]
+    seconds_out = sum(r["end"] - r["start"] for r in accepted)
+    summary = {
+        "inputs": len(inputs),
+        "inputs_rejected": dict(Counter(r["reason"] for r in inputs if r["status"] == "rejected")),
+        "clips_accepted": len(accepted),
+        "clips_rejected": dict(Counter(r["reason"] for r in clips if r["status"] == "rejected")),
+        "hours_out": round(seconds_out / 3600, 4),
+        "shards": len(list((out / "shards").glob("*.tar"))),
+        "wall_seconds": round(wall, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def run(cfg: IngestConfig) -> dict[str, Any]:
+    """Ingest everything under cfg.input into cfg.output (a local folder)."""
+    if not storage.is_local(cfg.output):
+        raise ValueError(
+            f"output={cfg.output}: ingest writes to a local or shared folder (file://)"
+        )
+    out = storage.local_path(cfg.output)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    units = make_units(discover(cfg.input), cfg.speech_unit)
+    done = finished_units(out)
+    clean_unfinished(out)
+    todo = [u.to_dict() for u in units if u.name not in done]
+    print(f"ingest: {len(units)} units ({len(done)} already done, {len(todo)} to do) -> {out}")
+    sample_rate = codec_sample_rate(cfg.codec.name_or_path)
+    if todo:
+        writer = UnitWriter(out, cfg.shards.max_bytes, cfg.shards.max_samples, cfg.faces.face_fps)
+        cpus = cfg.num_cpus or max(4, os.cpu_count() or 1)
+        with ray_session(num_cpus=cpus):
+            for item in build_dataset(todo, cfg, sample_rate).iter_rows():
+                unit = writer.add(stages.unpack(item["row"]))
+                if unit:
+                    print(f"  done {unit}")
+    return summarize(out, time.perf_counter() - t0)
+
+
+def main(cfg: IngestConfig) -> int:
+    """Entrypoint of the ingest job: run, then print the summary table."""
+    summary = run(cfg)
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        print(f"{key:>{width}}: {value}")
+    return 0

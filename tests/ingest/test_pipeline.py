@@ -1,0 +1,119 @@
+"""The ingest job end to end on the synthetic corpus plus broken inputs, against ground truth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from dubforge.ingest.config import IngestConfig
+from dubforge.ingest.pipeline import run
+from dubforge.ingest.shards import read_shard
+from dubforge.synth.config import SynthConfig
+from dubforge.synth.corpus import generate
+
+from tests.ingest.codec_model import make_tiny_codec
+
+pytestmark = pytest.mark.slow
+BROKEN = {
+    "truncated.mp4": "truncated",
+    "empty.mp4": "empty_file",
+    "notmedia.mp4": "not_media",
+    "noaudio.mp4": "no_audio",
+    "tiny.mp4": "absurd_resolution",
+}
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, media_dir):
+    root = tmp_path_factory.mktemp("ingest")
+    generate(SynthConfig(output=str(root / "corpus"), movies=2, seed=11, duration=24.0,
+                         scene_seconds=12.0, speech_utterances=4, speech_speakers=1))  # fmt: skip
+    broken = root / "broken"
+    broken.mkdir()
+    for name in BROKEN:
+        shutil.copy(media_dir / name, broken / name)
+    shutil.copy(media_dir / "good.mp4", broken / "nosubs.mp4")  # tone only: no voice activity
+    codec = make_tiny_codec(root / "codec", "encodec")
+    cfg = IngestConfig(
+        input=[str(root / "corpus" / "movies"), str(root / "corpus" / "speech"), str(broken)],
+        output=str(root / "out"),
+        codec={"name_or_path": str(codec)},
+        num_cpus=4,
+    )
+    summary = run(cfg)
+    return root, cfg, summary
+
+
+def _manifest(out: Path) -> list[dict]:
+    return pq.read_table(out / "manifest.parquet").to_pylist()
+
+
+def test_every_input_is_accounted_for(ingested):
+    root, cfg, summary = ingested
+    rows = _manifest(root / "out")
+    inputs = {r["input_uri"].rsplit("/", 1)[-1]: r for r in rows if r["clip_no"] == -1}
+    assert len(inputs) == 2 + 4 + len(BROKEN) + 1 == summary["inputs"]
+    for name, reason in BROKEN.items():
+        assert (inputs[name]["status"], inputs[name]["reason"]) == ("rejected", reason), name
+    assert inputs["movie_000.mp4"]["status"] == "accepted"
+    assert inputs["nosubs.mp4"]["status"] == "accepted"  # segmented by voice activity: no clips
+    assert not [r for r in rows if r["input_uri"].endswith("nosubs.mp4") and r["clip_no"] >= 0]
+
+
+def test_clips_match_ground_truth_energy(ingested):
+    root, cfg, _ = ingested
+    rows = [r for r in _manifest(root / "out") if r["clip_no"] >= 0 and "movie_" in r["input_id"]]
+    checked = 0
+    for movie in ("movie_000", "movie_001"):
+        truth = json.loads((root / "corpus/truth" / movie / "alignment.json").read_text())
+        clips = sorted((r for r in rows if r["input_id"] == movie), key=lambda r: r["clip_no"])
+        assert len(clips) == len(truth["lines"])  # one clip per line: lines are 1-5 s apart
+        for clip, line in zip(clips, truth["lines"], strict=True):
+            assert clip["start"] <= line["start"] and clip["end"] >= line["end"] - 0.04
+            if line["speech_db"] < -40:
+                expected = ("rejected", "low_energy_speech")
+            elif line["bg_db"] < -40:
+                expected = ("rejected", "low_energy_background")
+            else:
+                expected = ("accepted", "")
+            assert (clip["status"], clip["reason"]) == expected, (movie, line["index"])
+            checked += 1
+    assert checked >= 8
+
+
+def test_records_have_aligned_arrays(ingested):
+    root, cfg, summary = ingested
+    shards = sorted((root / "out" / "shards").glob("*.tar"))
+    samples = [s for p in shards for s in read_shard(p)]
+    assert len(samples) == summary["clips_accepted"] > 0
+    movies = [s for s in samples if s.meta["kind"] == "movie"]
+    speech = [s for s in samples if s.meta["kind"] == "speech"]
+    assert movies and len(speech) == 4
+    for s in samples:
+        frames = round((s.meta["end"] - s.meta["start"]) * 25)
+        codes = s.arrays["speech.codes"]
+        assert codes.dtype == np.int16 and codes.shape == (8, 3 * frames)  # 75 Hz = 3 x 25 fps
+        assert s.meta["codec"]["frame_rate"] == 75.0 and s.meta["schema_version"] == 1
+    for s in movies:
+        frames = round((s.meta["end"] - s.meta["start"]) * 25)
+        assert s.arrays["bg.codes"].shape == (8, 3 * frames)
+        if s.meta["labels"]["scene_type"] != "narration":
+            assert s.arrays["lips"].shape == (frames, 96, 96)  # 25 per second of clip
+            assert s.meta["face_coverage"] >= 0.9
+        assert s.meta["text"] and s.meta["transcribed"]
+    got = list(wds.WebDataset([str(p) for p in shards], shardshuffle=False).decode())
+    assert sorted(g["__key__"] for g in got) == sorted(s.key for s in samples)
+
+
+def test_rerun_skips_finished_units(ingested):
+    root, cfg, summary = ingested
+    before = _manifest(root / "out")
+    again = run(cfg)
+    assert _manifest(root / "out") == before
+    assert again["clips_accepted"] == summary["clips_accepted"]
