@@ -16,7 +16,6 @@ from dubforge.ingest.pipeline import run
 from dubforge.ingest.shards import read_shard
 from dubforge.synth.config import SynthConfig
 from dubforge.synth.corpus import generate
-
 from tests.ingest.codec_model import make_tiny_codec
 
 pytestmark = pytest.mark.slow
