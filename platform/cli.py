@@ -82,6 +82,21 @@ def synth(
 
 
 @app.command()
+def ingest(
+    job: Annotated[Path, typer.Argument(help="an ingest job YAML, e.g. jobs/ingest.yaml")],
+    overrides: Overrides = None,
+) -> None:
+    """Ingest movies and speech corpora into WebDataset shards + manifest (Ray Data)."""
+    try:
+        cfg = load_job(job, overrides or [])
+    except ConfigError as e:
+        _fail(e)
+    if cfg.job != "ingest":
+        _fail(ConfigError(f"{job} is a `{cfg.job}` job; `dubforge ingest` runs ingest jobs"))
+    raise typer.Exit(run(cfg))
+
+
+@app.command()
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:

@@ -118,10 +118,22 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
     return build(jobs[name], data, str(path))
 
 
+def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The (nested) model class that holds the field at `loc`."""
+    for part in loc:
+        info = cls.model_fields.get(str(part))
+        ann = info.annotation if info else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
 def _describe(err: dict[str, Any], cls: type[BaseModel], source: str) -> str:
     field = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        known = list(cls.model_fields)
+        owner = _model_at(cls, err["loc"][:-1])
+        known = list(owner.model_fields) if owner else []
         close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
         hint = f"did you mean `{close[0]}`?" if close else f"known fields: {', '.join(known)}"
         return f"  - {field}: unknown field; {hint}"

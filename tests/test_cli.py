@@ -15,7 +15,7 @@ COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands
 
 
 def test_commands_are_the_landed_ones():
-    assert COMMANDS == ["doctor", "run", "synth"]
+    assert COMMANDS == ["doctor", "ingest", "run", "synth"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -18,7 +18,20 @@ JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
 
 
 def test_there_are_jobs():
-    assert {p.name for p in JOB_FILES} >= {"synth.yaml", "synth_debug.yaml"}
+    assert {p.name for p in JOB_FILES} >= {
+        "synth.yaml", "synth_debug.yaml", "ingest.yaml", "ingest_debug.yaml",
+    }  # fmt: skip
+
+
+def test_ingest_input_list_and_nested_overrides():
+    cfg = load_job(
+        REPO / "jobs/ingest.yaml", ["input=/a,/b", "faces.lip_size=88", "codec.mel=true"]
+    )
+    assert cfg.input == ["/a", "/b"] and cfg.faces.lip_size == 88 and cfg.codec.mel is True
+    with pytest.raises(ConfigError, match="tasks must be"):
+        load_job(REPO / "jobs/ingest.yaml", ["movie_tasks=[karaoke]"])
+    with pytest.raises(ConfigError, match="faces.lip_sise: unknown field; did you mean `lip_size`"):
+        load_job(REPO / "jobs/ingest.yaml", ["faces.lip_sise=88"])
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)
