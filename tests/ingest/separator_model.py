@@ -17,16 +17,7 @@ import yaml
 from audio_separator.separator.uvr_lib_v5.roformer.bs_roformer import BSRoformer
 from audio_separator.separator.uvr_lib_v5.roformer.mel_band_roformer import MelBandRoformer
 
-# every list audio-separator's list_supported_model_files() indexes: a missing one is a KeyError
-DOWNLOAD_LISTS = (
-    "vr_download_list",
-    "mdx_download_list",
-    "mdx_download_vip_list",
-    "demucs_download_list",
-    "mdx23c_download_list",
-    "mdx23c_download_vip_list",
-    "roformer_download_list",
-)
+from dubforge.ingest.separate import DOWNLOAD_LISTS
 
 N_FFT = 256  # 129 frequency bins: keeps the band-split and mask-estimator layers small
 HOP = 128
