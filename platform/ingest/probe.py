@@ -14,14 +14,11 @@ from pathlib import Path
 
 import ffmpeg
 
+from dubforge.ingest.records import Rejection
 
-class MediaError(ValueError):
-    """Media that cannot be used; `reason` is the manifest reason, `detail` says why."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class MediaError(Rejection):
+    """Media that cannot be used (probe, checks or decoding)."""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,15 @@ STATUSES = ("accepted", "rejected")
 SCENE_TYPES = ("dialogue", "monologue", "narration", "unknown")
 
 
+class Rejection(ValueError):
+    """An input or clip that cannot be used: `reason` is its manifest reason, `detail` says why."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
 class SchemaError(ValueError):
     """A record written by an unknown schema version, or missing required fields."""
 

@@ -7,7 +7,7 @@ import html
 import re
 from dataclasses import dataclass, field
 
-from dubforge.ingest.records import Cue
+from dubforge.ingest.records import Cue, Rejection
 
 _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{1,3})"
 _TIMING = re.compile(rf"^\s*{_TIME}\s*-->\s*{_TIME}")
@@ -17,13 +17,8 @@ _SOUND = re.compile(r"\[[^\]]*\]|♪|♫")  # [door slams], music notes: not spe
 _DASH = re.compile(r"^\s*-\s*")  # "- Who?" speaker-turn dashes
 
 
-class SubtitleError(ValueError):
-    """Subtitles that yield no usable cue; `reason` is the manifest reason."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class SubtitleError(Rejection):
+    """Subtitles that yield no usable cue."""
 
 
 @dataclass(frozen=True)
