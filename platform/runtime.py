@@ -49,7 +49,7 @@ def ray_session(**init_kwargs: Any) -> Iterator[dict[str, Any]]:
         kwargs.pop("num_gpus", None)
         ray.init(address=address, **kwargs)
     else:
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)  # a new local instance, never a stale one
     try:
         yield {"address": ray.get_runtime_context().gcs_address, "local": not address}
     finally:

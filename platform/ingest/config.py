@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dubforge.config import JobConfig
 from dubforge.ingest.energy import TASK_STEMS
@@ -70,7 +70,25 @@ class IngestConfig(JobConfig):
     codec: CodecSection
     shards: ShardSection = ShardSection()
     speech_unit: int = Field(64, ge=1, description="speech utterances per unit of work")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None: all)")
+    num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of a local Ray (None: the machine's, at least 4)"
+    )
+
+    def min_cpus(self) -> int:
+        """CPUs the pipeline needs to make progress: each actor of each pool holds one, plus one
+        for the decode actor and one for the stateless tasks between them."""
+        actors = self.codec.actors + (self.faces.actors if self.faces.enabled else 0)
+        actors += self.separator.actors if self.separator.model_dir else 0
+        return actors + 2
+
+    @model_validator(mode="after")
+    def _enough_cpus(self) -> IngestConfig:
+        if self.num_cpus is not None and self.num_cpus < self.min_cpus():
+            raise ValueError(
+                f"num_cpus={self.num_cpus} cannot hold the actor pools (codec, faces, separator "
+                f"actors + 2 = {self.min_cpus()}): raise num_cpus or lower the *.actors counts"
+            )
+        return self
 
     @field_validator("input", mode="before")
     @classmethod

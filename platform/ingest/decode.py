@@ -18,7 +18,11 @@ FPS = 25
 # shape key: n = samples, f = video frames
 
 
-def _run(cmd: list[str], what: str, timeout: float) -> bytes:
+def _run(cmd: list[str], what: str, timeout: float, path: str | Path) -> bytes:
+    if not Path(path).exists():
+        raise MediaError(
+            "missing_file", f"{path} does not exist (moved or deleted during the run?)"
+        )
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -40,7 +44,7 @@ def decode_audio(
         "-i", str(path), "-map", f"0:a:{stream}", "-ac", "1", "-ar", str(sample_rate),
         "-f", "f32le", "-",
     ]  # fmt: skip
-    wave = np.frombuffer(_run(cmd, f"audio of {path}", 60 + duration), np.float32)
+    wave = np.frombuffer(_run(cmd, f"audio of {path}", 60 + duration, path), np.float32)
     # the decoder may return a few samples more or less than asked; the span is the contract
     out = np.zeros(n, np.float32)
     out[: min(n, len(wave))] = wave[:n]
@@ -64,7 +68,7 @@ def decode_video(
         "ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-t", f"{duration:.3f}",
         "-i", str(path), "-map", "0:v:0", "-vf", vf, "-pix_fmt", "rgb24", "-f", "rawvideo", "-",
     ]  # fmt: skip
-    raw = _run(cmd, f"video of {path}", 60 + 4 * duration)
+    raw = _run(cmd, f"video of {path}", 60 + 4 * duration, path)
     frames = np.frombuffer(raw, np.uint8)
     got = len(frames) // (w * h * 3)
     frames = frames[: got * w * h * 3].reshape(got, h, w, 3)

@@ -72,7 +72,12 @@ def _reject(row: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
 
 
 def _media(inp: MediaInput, cfg: IngestConfig) -> tuple[Path, Any]:
-    path = storage.localize(inp.uri, _CACHE)
+    try:
+        path = storage.localize(inp.uri, _CACHE)
+    except OSError as e:  # includes FileNotFoundError
+        raise MediaError(
+            "missing_file", f"{inp.uri}: {e} (moved or deleted during the run?)"
+        ) from e
     info = probe(path)
     check(info, need_video=inp.kind == "movie", limits=ProbeLimits())
     verify_decode(path, info, ProbeLimits())

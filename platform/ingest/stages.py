@@ -77,7 +77,10 @@ class Decode:
                 from dubforge.ingest.plan import _CACHE
 
                 for name in ("speech", "background"):
-                    local = storage.localize(inp["stems"][name], _CACHE)
+                    try:
+                        local = storage.localize(inp["stems"][name], _CACHE)
+                    except OSError as e:
+                        raise MediaError("missing_file", f"{name} stem: {e}") from e
                     row[name] = decode_audio(local, start, dur, self.sr)
             if inp["kind"] == "movie" and self.cfg.faces.enabled:
                 row["frames"] = decode_video(

@@ -96,6 +96,8 @@ class UnitWriter:
                 status = "accepted"
             else:
                 status = row["status"]
+            if row["clip_no"] == -1:  # an input row spans the whole input
+                clip = {"start": 0.0, "end": (row.get("media") or {}).get("duration", 0.0)}
             manifest.append(
                 ManifestRow(
                     input_uri=inp["uri"], input_id=row["input_id"], clip_no=row["clip_no"],
@@ -109,3 +111,63 @@ class UnitWriter:
         pq.write_table(table, tmp)
         os.replace(tmp, parts_dir(self.out) / f"{unit}.parquet")
         self.rows_written.extend(manifest)
+
+
+class RemoteOutput:
+    """Ingest output on a remote filesystem (s3://, gs://, ...). The job works in a local staging
+    folder and pushes each unit as soon as it is committed: shards first, then the manifest part,
+    so the remote copy carries the same completion markers resume reads, and local disk holds
+    only units in flight."""
+
+    def __init__(self, uri: str, staging: Path) -> None:
+        from dubforge import storage
+
+        self.uri, self.staging = uri, staging
+        self.fs, self.root = storage.resolve(uri)
+
+    def _list(self, sub: str) -> list[str]:
+        from pyarrow import fs as pafs
+
+        sel = pafs.FileSelector(f"{self.root}/{sub}", allow_not_found=True)
+        return [i.path for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File]
+
+    def _get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with self.fs.open_input_stream(remote) as src:
+            local.write_bytes(src.read())
+
+    def _put(self, local: Path, remote: str) -> None:
+        self.fs.create_dir(remote.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(remote) as dst:
+            dst.write(local.read_bytes())
+
+    def pull(self) -> set[str]:
+        """Fresh staging with the remote's manifest parts; returns the finished units."""
+        import shutil
+
+        shutil.rmtree(self.staging, ignore_errors=True)
+        for remote in self._list("manifest_parts"):
+            if remote.endswith(".parquet"):
+                self._get(remote, parts_dir(self.staging) / remote.rsplit("/", 1)[-1])
+        return finished_units(self.staging)
+
+    def clean_unfinished(self, done: set[str]) -> int:
+        """Delete remote shards of units without a manifest part (an interrupted run's)."""
+        stale = [
+            p for p in self._list("shards") if p.rsplit("/", 1)[-1].rsplit("-", 1)[0] not in done
+        ]
+        for p in stale:
+            self.fs.delete_file(p)
+        return len(stale)
+
+    def push_unit(self, unit: str) -> None:
+        """Upload a committed unit (shards and indexes, then its part) and free the local copy."""
+        for p in sorted((self.staging / "shards").glob(f"{unit}-*")):
+            self._put(p, f"{self.root}/shards/{p.name}")
+            p.unlink()
+        part = parts_dir(self.staging) / f"{unit}.parquet"
+        self._put(part, f"{self.root}/manifest_parts/{part.name}")
+
+    def push_summary(self) -> None:
+        for name in ("manifest.parquet", "summary.json"):
+            self._put(self.staging / name, f"{self.root}/{name}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,42 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from dubforge.ingest.config import IngestConfig
-from dubforge.ingest.pipeline import run
+from dubforge.ingest.pipeline import format_summary, run
 from dubforge.ingest.shards import read_shard
-from dubforge.synth.config import SynthConfig
-from dubforge.synth.corpus import generate
-from tests.ingest.codec_model import make_tiny_codec
+from tests.ingest.conftest import BROKEN
 
 pytestmark = pytest.mark.slow
-BROKEN = {
-    "truncated.mp4": "truncated",
-    "empty.mp4": "empty_file",
-    "notmedia.mp4": "not_media",
-    "noaudio.mp4": "no_audio",
-    "tiny.mp4": "absurd_resolution",
-}
-
-
-@pytest.fixture(scope="module")
-def ingested(tmp_path_factory, media_dir):
-    root = tmp_path_factory.mktemp("ingest")
-    generate(SynthConfig(output=str(root / "corpus"), movies=2, seed=11, duration=24.0,
-                         scene_seconds=12.0, speech_utterances=4, speech_speakers=1))  # fmt: skip
-    broken = root / "broken"
-    broken.mkdir()
-    for name in BROKEN:
-        shutil.copy(media_dir / name, broken / name)
-    shutil.copy(media_dir / "good.mp4", broken / "nosubs.mp4")  # tone only: no voice activity
-    codec = make_tiny_codec(root / "codec", "encodec")
-    cfg = IngestConfig(
-        input=[str(root / "corpus" / "movies"), str(root / "corpus" / "speech"), str(broken)],
-        output=str(root / "out"),
-        codec={"name_or_path": str(codec)},
-        num_cpus=4,
-    )
-    summary = run(cfg)
-    return root, cfg, summary
 
 
 def _manifest(out: Path) -> list[dict]:
@@ -116,3 +84,23 @@ def test_rerun_skips_finished_units(ingested):
     again = run(cfg)
     assert _manifest(root / "out") == before
     assert again["clips_accepted"] == summary["clips_accepted"]
+
+
+def test_summary_accounts_for_hours_and_reasons(ingested):
+    root, cfg, summary = ingested
+    rows = _manifest(root / "out")
+    written = json.loads((root / "out" / "summary.json").read_text())
+    assert {**written, "this_run": None} == {**summary, "this_run": None}  # a rerun may follow
+    clips = [r for r in rows if r["clip_no"] != -1]
+    rejected = sum(summary["clips_rejected"].values())
+    assert summary["clips_accepted"] + rejected == len(clips)
+    movies_in = [r["end"] for r in rows if r["clip_no"] == -1 and "movie_" in r["input_id"]]
+    assert movies_in == pytest.approx([24.0, 24.0], abs=0.1)  # input rows carry their duration
+    accepted_in = sum(r["end"] for r in rows if r["clip_no"] == -1 and r["status"] == "accepted")
+    assert summary["hours_in"] == pytest.approx(accepted_in / 3600, abs=1e-4)
+    assert 0 < summary["hours_out"] < summary["hours_in"]
+    run_stats = summary["this_run"]
+    assert run_stats["inputs"] == summary["inputs"] and run_stats["media_seconds_per_second"] > 0
+    table = format_summary(summary)
+    for reason, n in summary["clips_rejected"].items():
+        assert f"  {reason}" in table and table.split(f"  {reason}")[1].split()[0] == str(n)
