@@ -35,6 +35,9 @@ extra=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)
 # MediaPipe's metadata pins numpy<2 and protobuf<5, which nothing else here can live with; its
 # legacy face detection + face mesh (bundled models) run fine on numpy 2 / protobuf 6.
 "${PIP[@]}" --no-deps "mediapipe==0.10.21"
+# resemblyzer (SECS speaker encoder, weights inside the package) asks for the sdist-only webrtcvad
+# and the `typing` backport; its real needs (webrtcvad-wheels, librosa, torch) are ours already.
+"${PIP[@]}" --no-deps "resemblyzer==0.1.4"
 # audio-separator (through onnx2torch) pulls a CUDA-linked torchvision whose import fails against
 # the CPU torch and breaks transformers' model imports; nothing of ours needs torchvision.
 if [ "$DEVICE" = cpu ]; then

@@ -12,6 +12,7 @@ import pytest
 REQUIRED = [
     "ray.data", "ray.train.torch", "ray.serve", "ray.tune", "deepspeed", "webdataset", "ffmpeg",
     "transformers", "audio_separator.separator", "mlflow", "pyarrow.fs", "onnxruntime", "cv2",
+    "mediapipe", "silero_vad", "pyworld", "resemblyzer", "webrtcvad", "librosa", "safetensors",
 ]  # fmt: skip
 
 
