@@ -1,0 +1,133 @@
+"""The typed model config: what a job YAML holds about the dubber (a `model:` section).
+
+Frozen, unknown keys rejected. `presets.build_model(cfg)` turns it into plain arguments; the
+model classes never see it. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PRESET_NAMES = ("tiny", "small", "base")  # presets.PRESETS holds the builders
+TASK_NAMES = ("tts", "v2a", "v2s", "v2st")
+SWAY_MAX = 2.0 / (math.pi - 2.0)  # F5-TTS: sway sampling stays monotonic for s in [-1, this]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SpaceSection(_Section):
+    name: Literal["mel", "codec"] = Field("mel", description="acoustic space the DiT generates")
+    path: str | None = Field(
+        None, description="codec: save_pretrained folder (required); mel: TorchScript vocoder"
+    )
+    codebooks: int | None = Field(
+        None, ge=1, description="codec: codebooks per frame in the records (None: all)"
+    )
+    latent_scale: float | None = Field(
+        None, gt=0, description="codec: latents are divided by it (None: estimated)"
+    )
+    griffin_lim_iters: int = Field(32, ge=1, description="mel without vocoder: iterations")
+
+    @model_validator(mode="after")
+    def _codec_needs_path(self) -> SpaceSection:
+        if self.name == "codec" and not self.path:
+            raise ValueError(
+                "space.path is required for the codec space: a codec folder written by "
+                "save_pretrained"
+            )
+        return self
+
+
+class DropoutSection(_Section):
+    """Per-sample condition dropout in training (MM-MovieDubber: 5 % each; F5-TTS: ref 30 %)."""
+
+    video: float = Field(0.05, ge=0, le=1)
+    labels: float = Field(0.05, ge=0, le=1)
+    text: float = Field(0.05, ge=0, le=1)
+    ref: float = Field(0.3, ge=0, le=1, description="reference-voice (in-context) dropout")
+
+
+class LossSection(_Section):
+    dur_weight: float = Field(0.1, ge=0, description="weight of L_dur (MM-MovieDubber eq. 7)")
+    sigma: float = Field(0.0, ge=0, lt=1, description="OT-path sigma_min")
+    span_frac: tuple[float, float] = Field(
+        (0.7, 1.0), description="fraction of the speech stream to infill in training"
+    )
+    activity_db: float = Field(40.0, gt=0, description="speech activity: within this of peak")
+
+    @field_validator("span_frac")
+    @classmethod
+    def _frac(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("span_frac must be (lo, hi) with 0 < lo <= hi <= 1, e.g. [0.7, 1.0]")
+        return v
+
+
+class GuidanceSection(_Section):
+    """Multi-condition CFG scales (MM-MovieDubber eq. 9)."""
+
+    enabled: bool = True
+    video: float = Field(2.0, description="lambda_V")
+    labels: float = Field(2.0, description="lambda_C")
+    text: float = Field(2.0, description="lambda_T")
+    null_drops_ref: bool = Field(True, description="the all-null branch drops the reference too")
+
+
+class SamplerSection(_Section):
+    nfe: int = Field(32, ge=1, description="velocity evaluations (midpoint: 2 per step)")
+    method: Literal["euler", "midpoint"] = "euler"
+    sway: float = Field(-1.0, ge=-1.0, le=SWAY_MAX, description="sway sampling coefficient")
+    cfg: GuidanceSection = GuidanceSection()
+
+    @model_validator(mode="after")
+    def _even_midpoint(self) -> SamplerSection:
+        if self.method == "midpoint" and self.nfe % 2:
+            raise ValueError(f"sampler.nfe={self.nfe}: midpoint needs an even nfe (2 per step)")
+        return self
+
+
+class ModelConfig(_Section):
+    """The dubber: size preset, acoustic space, tasks, training dropout / losses, sampler."""
+
+    preset: str = Field("tiny", description=f"one of {', '.join(PRESET_NAMES)}")
+    space: SpaceSection = SpaceSection()
+    tasks: tuple[str, ...] = Field(TASK_NAMES, description="tasks samples are drawn from")
+    dropout: DropoutSection = DropoutSection()
+    loss: LossSection = LossSection()
+    sampler: SamplerSection = SamplerSection()
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {v!r}; choose from {', '.join(PRESET_NAMES)}")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [t for t in v if t not in TASK_NAMES]
+        if unknown or not v:
+            raise ValueError(f"tasks must be a non-empty list from {list(TASK_NAMES)}")
+        return v
+
+
+def diff_fields(a: BaseModel, b: BaseModel) -> list[str]:
+    """Dotted names of the fields whose values differ between two configs of one type."""
+
+    def flat(d: dict, prefix: str = "") -> dict[str, object]:
+        out: dict[str, object] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))

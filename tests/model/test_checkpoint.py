@@ -1,0 +1,85 @@
+"""Inference export: round trip, folder contents, config mismatch, codec reference."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dubforge.model.batch import collate
+from dubforge.model.checkpoint import load_checkpoint, load_space, save_checkpoint
+from dubforge.model.config import ModelConfig
+from dubforge.model.flow import Guidance
+from dubforge.model.presets import build_model, space_from_config
+from tests.model.conftest import make_record
+
+
+def _trained_ish(cfg: ModelConfig, space):
+    torch.manual_seed(0)
+    model = build_model(cfg, space)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval()
+
+
+def test_round_trip_gives_identical_outputs(tmp_path):
+    cfg = ModelConfig()
+    space = space_from_config(cfg.space)
+    model = _trained_ish(cfg, space)
+    out = save_checkpoint(tmp_path / "ckpt", model, cfg, space, stage="tts", step=12,
+                          metrics={"loss": 0.5})  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "codec.json",
+        "config.json",
+        "metadata.json",
+        "model.safetensors",
+    ]
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["stage"] == "tts" and meta["step"] == 12 and meta["metrics"] == {"loss": 0.5}
+    assert meta["created"].endswith("+00:00") and meta["dubforge"]
+    codec = json.loads((out / "codec.json").read_text())
+    assert codec == {"space": "mel", "path": None, "sample_rate": 24000, "frame_rate": 100.0,
+                     "latent_dim": 100, "lip_repeat": 4}  # fmt: skip
+    ckpt = load_checkpoint(out, expected_config=cfg)
+    assert ckpt.config == cfg and not ckpt.model.training
+    meta_rec, arrays = make_record("a/00000", 0.4)
+    batch = collate([({**meta_rec, "ref_frames": 8}, arrays)], space, tasks="v2s", train=False)
+    a = model.sample(batch, nfe=4, cfg=Guidance(), seed=3)
+    b = ckpt.model.sample(batch, nfe=4, cfg=Guidance(), seed=3)
+    assert torch.equal(a, b)
+    assert load_space(ckpt).name == "mel"
+
+
+def test_mismatching_config_names_the_fields(tmp_path):
+    cfg = ModelConfig()
+    space = space_from_config(cfg.space)
+    save_checkpoint(tmp_path / "c", build_model(cfg, space), cfg, space)
+    other = ModelConfig.model_validate({"sampler": {"nfe": 16}, "dropout": {"text": 0.2}})
+    with pytest.raises(ValueError, match=r"dropout\.text, sampler\.nfe"):
+        load_checkpoint(tmp_path / "c", expected_config=other)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_weights_of_another_preset_are_refused(tmp_path):
+    cfg = ModelConfig()
+    space = space_from_config(cfg.space)
+    save_checkpoint(tmp_path / "c", build_model(cfg, space), cfg, space)
+    stored = json.loads((tmp_path / "c" / "codec.json").read_text())
+    (tmp_path / "c" / "codec.json").write_text(json.dumps({**stored, "latent_dim": 16}))
+    with pytest.raises(RuntimeError, match="do not fit preset 'tiny'"):
+        load_checkpoint(tmp_path / "c")
+
+
+def test_codec_checkpoint_keeps_its_scale(tmp_path, encodec_dir):
+    cfg = ModelConfig.model_validate(
+        {"space": {"name": "codec", "path": str(encodec_dir), "codebooks": 8}}
+    )
+    space = space_from_config(cfg.space)
+    model = build_model(cfg, space)
+    assert model.latent_dim == 16 and model.lip_repeat == 3
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "c", model, cfg, space))
+    assert ckpt.codec["codec_name"] == "encodec" and ckpt.codec["codebooks"] == 8
+    assert load_space(ckpt).latent_scale == pytest.approx(space.latent_scale)

@@ -1,0 +1,60 @@
+"""The model config and the builders that turn it into plain arguments."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from dubforge.model.config import PRESET_NAMES, ModelConfig, diff_fields
+from dubforge.model.presets import PRESETS, build_model, flow_options, param_table, sampler_kwargs
+
+
+def test_defaults_and_builders():
+    cfg = ModelConfig()
+    assert cfg.preset == "tiny" and cfg.space.name == "mel"
+    assert (cfg.dropout.video, cfg.dropout.labels, cfg.dropout.text) == (0.05, 0.05, 0.05)
+    opts = flow_options(cfg)
+    assert opts.drop_ref == cfg.dropout.ref and opts.dur_weight == cfg.loss.dur_weight
+    kw = sampler_kwargs(cfg)
+    assert kw["nfe"] == 32 and kw["method"] == "euler" and kw["cfg"].text == 2.0
+    off = ModelConfig.model_validate({"sampler": {"cfg": {"enabled": False}}})
+    assert sampler_kwargs(off)["cfg"] is None
+    model = build_model(cfg)
+    assert model.latent_dim == 100 and model.lip_repeat == 4 and model.flow == opts
+    assert tuple(PRESETS) == PRESET_NAMES
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"preset": "huge"}, "preset"),
+        ({"space": {"name": "codec"}}, "space.path"),
+        ({"sampler": {"method": "midpoint", "nfe": 7}}, "even"),
+        ({"sampler": {"sway": 3.0}}, "sway"),
+        ({"dropout": {"video": 1.5}}, "video"),
+        ({"tasks": ["tts", "sing"]}, "tasks"),
+        ({"loss": {"span_frac": [0.9, 0.5]}}, "span_frac"),
+        ({"nfe": 8}, "nfe"),  # sampler settings live under sampler:
+    ],
+)
+def test_bad_configs_name_the_field(bad, field):
+    with pytest.raises(ValidationError, match=field):
+        ModelConfig.model_validate(bad)
+
+
+def test_config_is_frozen_and_diffable():
+    a = ModelConfig()
+    with pytest.raises(ValidationError):
+        a.preset = "base"  # type: ignore[misc]
+    b = ModelConfig.model_validate({"preset": "small", "loss": {"dur_weight": 0.5}})
+    assert diff_fields(a, b) == ["loss.dur_weight", "preset"] and diff_fields(a, a) == []
+
+
+def test_param_table_lists_every_preset_and_component():
+    table = param_table()
+    for word in ("tiny", "small", "base", "dit.cross_attn", "lip_encoder", "total"):
+        assert word in table
+    names, totals = table.splitlines()[1].split()[1:], table.splitlines()[-1].split()[1:]
+    total = {n: float(v) for n, v in zip(names, totals, strict=True)}
+    assert total["tiny"] < 1.0 < total["small"] < total["base"]  # millions
+    assert 300 < total["base"] < 600  # F5-TTS base is ~336 M; cross-attention adds ~92 M
