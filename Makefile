@@ -5,8 +5,12 @@
 setup:
 	@bash scripts/setup.sh
 
+# synth -> ingest. With no codec at models/encodec_24khz (nothing can be downloaded here) the
+# demo saves a random-weight EnCodec there: its codes are placeholders, flagged in every record.
 demo: setup
 	.venv/bin/dubforge run jobs/synth.yaml
+	test -f models/encodec_24khz/config.json || .venv/bin/dubforge random-codec models/encodec_24khz
+	.venv/bin/dubforge run jobs/ingest.yaml
 
 test: setup
 	.venv/bin/python -m pytest

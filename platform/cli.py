@@ -96,6 +96,31 @@ def ingest(
     raise typer.Exit(run(cfg))
 
 
+@app.command("random-codec")
+def random_codec(
+    folder: Annotated[Path, typer.Argument(help="where to save the codec (save_pretrained)")],
+    kind: Annotated[str, typer.Option(help="encodec (24 kHz, 75 Hz), dac or mimi")] = "encodec",
+    seed: Annotated[int, typer.Option(help="weight seed")] = 0,
+) -> None:
+    """Save a full-size codec with RANDOM weights, for demos and speed runs only: its codes carry
+    nothing, and every record made with it is flagged `codec.random_weights`."""
+    from dubforge.ingest.tokenize import save_random_codec
+
+    try:
+        path = save_random_codec(folder, kind, seed)
+    except ValueError as e:
+        _fail(ConfigError(str(e)))
+    typer.echo(f"random-weight {kind} codec -> {path} (not for real data)")
+
+
+@app.command()
+def params() -> None:
+    """Parameter counts of the dubber presets (tiny, small, base), total and per component."""
+    from dubforge.model.presets import param_table
+
+    typer.echo(param_table())
+
+
 @app.command()
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,

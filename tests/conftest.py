@@ -70,7 +70,7 @@ def ray_cluster():
         "RAY_TEMP_DIR": str(temp_dir),
         "RAY_PORT": str(gcs),
         "RAY_DASHBOARD_PORT": str(dash),
-        "RAY_NUM_CPUS": "2",
+        "RAY_NUM_CPUS": "4",  # logical: the ingest pipeline holds 4 (actor pools + tasks)
         "RAY_START_ARGS": " ".join([
             f"--ray-client-server-port={client}", f"--node-manager-port={nm}",
             f"--object-manager-port={om}", f"--metrics-export-port={metrics}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -15,7 +16,7 @@ COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands
 
 
 def test_commands_are_the_landed_ones():
-    assert COMMANDS == ["doctor", "ingest", "run", "synth"]
+    assert COMMANDS == ["doctor", "ingest", "params", "random-codec", "run", "synth"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -47,3 +48,23 @@ def test_doctor_reports_pinned_stack(monkeypatch, tmp_path):
     assert report["packages"]["ray"] == "2.60.0"
     assert all(report["tools"].values()), report["tools"]
     assert report["mlflow_tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_params_lists_every_preset():
+    result = CliRunner().invoke(app, ["params"])
+    assert result.exit_code == 0, result.output
+    for preset in ("tiny", "small", "base"):
+        assert preset in result.output
+
+
+def test_random_codec_is_flagged_in_what_it_tokenizes(tmp_path):
+    from dubforge.ingest.tokenize import CodecTokenizer
+
+    result = CliRunner().invoke(app, ["random-codec", str(tmp_path / "c")])
+    assert result.exit_code == 0 and "not for real data" in result.output
+    tok = CodecTokenizer(str(tmp_path / "c"), bandwidth=6.0)
+    assert tok.random_weights and tok.frame_rate == 75.0 and tok.n_q == 8
+    codes = tok.encode(np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1)
+    assert codes.shape == (8, 75) and codes.dtype == np.int16
+    bad = CliRunner().invoke(app, ["random-codec", str(tmp_path / "d"), "--kind", "wavtokenizer"])
+    assert bad.exit_code == 2 and "choose one of" in bad.output

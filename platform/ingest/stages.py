@@ -206,6 +206,8 @@ class Tokenize:
                 row["codec"] = {
                     "name": self.codec.codec_name, "sample_rate": self.codec.sample_rate,
                     "frame_rate": self.codec.frame_rate, "codebooks": self.codec.n_q,
+                    "path": self.cfg.codec.name_or_path,
+                    "random_weights": self.codec.random_weights,
                 }  # fmt: skip
             out.append(row)
         return _batch(out)

@@ -14,12 +14,16 @@ Shape key: n = samples, b = batch, n_q = codebooks used, t = codec frames, m = m
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 SUPPORTED_CODECS = ("encodec", "dac", "mimi")
 INT16_MAX = int(np.iinfo(np.int16).max)
@@ -132,6 +136,10 @@ class CodecTokenizer:
         self.bandwidth = bandwidth
         model_cls = _codec_classes()[cfg.model_type]
         self.model = model_cls.from_pretrained(name_or_path).to(self.device).eval()
+        # save_random_codec's flag: records made with it must say their codes mean nothing
+        self.random_weights = bool(getattr(cfg, "dubforge_random_weights", False))
+        if self.random_weights:
+            log.warning("codec %s has RANDOM weights: codes carry no information", name_or_path)
 
     @property
     def codec_name(self) -> str:
@@ -255,3 +263,27 @@ def log_mel(wave: np.ndarray, sample_rate: int = MEL_SAMPLE_RATE) -> np.ndarray:
     # drop the frame centred on the clip's end: n // hop frames tile the clip at 100 Hz
     mel = mel[:, : len(wave) // MEL_HOP]
     return torch.log(mel.clamp(min=MEL_FLOOR)).numpy().astype(np.float16)
+
+
+def save_random_codec(folder: str | Path, kind: str = "encodec", seed: int = 0) -> Path:
+    """Write a codec with its model's default (full-size) architecture and RANDOM weights to
+    `folder`, flagged `dubforge_random_weights` in its config so every record made with it says
+    so. For demos and speed measurements where no pretrained codec can be fetched: its codes
+    carry no information about the audio."""
+    from transformers import DacConfig, EncodecConfig, MimiConfig
+
+    configs = {"encodec": EncodecConfig, "dac": DacConfig, "mimi": MimiConfig}
+    if kind not in configs:
+        raise ValueError(f"codec kind {kind!r}: choose one of {sorted(configs)}")
+    torch.manual_seed(seed)
+    cfg = configs[kind]()
+    cfg.dubforge_random_weights = True
+    model = _codec_classes()[kind](cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # EnCodec's and Mimi's codebooks start as zeros: every code would be 0
+        for name, buf in [*model.named_buffers(), *model.named_parameters()]:
+            if "codebook.embed" in name or "codebook.weight" in name:
+                buf.copy_(torch.randn(buf.shape, generator=gen))
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    return folder
