@@ -36,7 +36,14 @@ class FacesSection(_Section):
     lip_size: int = Field(96, ge=32)
     face_fps: int = Field(5, ge=1, le=25, description="face crops kept per second (lips: 25)")
     max_side: int = Field(640, ge=0, description="downscale frames for detection (0: never)")
-    min_coverage: float = Field(0.5, ge=0, le=1, description="reject on-screen clips below it")
+    min_coverage: float = Field(
+        0.5, ge=0, le=1, description="face in fewer frames: the clip gets no lips/face arrays"
+    )
+    keep_faceless: bool = Field(
+        True,
+        description="keep clips below min_coverage without video arrays (narration, V2A, TTS); "
+        "false rejects them as low_face_coverage (lip-sync-only datasets)",
+    )
     actors: int = Field(1, ge=1)
 
 

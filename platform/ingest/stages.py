@@ -175,6 +175,8 @@ class Faces:
                 if track.coverage >= self.cfg.faces.min_coverage:
                     row["lips"] = track.lips
                     row["face"] = track.face[:: FPS // self.cfg.faces.face_fps]
+                elif not self.cfg.faces.keep_faceless:
+                    row = _fail(row, "low_face_coverage", f"face in {track.coverage:.0%} of frames")
             out.append(row)
         return _batch(out)
 

@@ -266,3 +266,21 @@ def test_speech_envelope_is_rms_per_frame():
     speech = np.repeat(levels, hop) * np.where(np.arange(4 * hop) % 2, 1.0, -1.0)
     env = speech_envelope(speech, sr, 6)  # two frames past the end
     np.testing.assert_allclose(env, [*levels, 0.0, 0.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_faceless_clip_kept_or_rejected_by_config(keep):
+    from dubforge.ingest.config import IngestConfig
+    from dubforge.ingest.stages import Faces, _batch, _rows
+
+    cfg = IngestConfig(input=["x"], output="y", codec={"name_or_path": "c"},
+                       faces={"keep_faceless": keep})  # fmt: skip
+    row = {"status": "pending", "clip": {"clip_no": 0}, "reason": "", "detail": "",
+           "frames": np.full((10, 120, 160, 3), 90, np.uint8),
+           "speech": np.zeros(9600, np.float32)}  # fmt: skip
+    (out,) = _rows(Faces(cfg, 24000)(_batch([row])))
+    assert out["face_coverage"] == 0.0 and "lips" not in out and "frames" not in out
+    if keep:
+        assert out["status"] == "pending"
+    else:
+        assert (out["status"], out["reason"]) == ("rejected", "low_face_coverage")
