@@ -96,6 +96,12 @@ class Decode:
         return row
 
 
+def decode(batch: Batch, cfg: IngestConfig, sample_rate: int) -> Batch:
+    """Decode as a stateless task: Ray fuses it into the next actor stage, so decoded frames go
+    straight to face tracking instead of through the object store."""
+    return Decode(cfg, sample_rate)(batch)
+
+
 class Separate:
     """Speech/background separation for movie clips that came without delivered stems (speech
     corpora are clean speech already)."""

@@ -56,6 +56,10 @@ def test_video_frames_at_25_fps_and_scaled(stepped):
 def test_decode_errors_are_media_errors(tmp_path, stepped):
     with pytest.raises(MediaError) as err:
         decode_audio(tmp_path / "missing.mp4", 0, 1, 16000)
+    assert err.value.reason == "missing_file"
+    (tmp_path / "junk.mp4").write_bytes(b"not a movie" * 100)
+    with pytest.raises(MediaError) as err:
+        decode_audio(tmp_path / "junk.mp4", 0, 1, 16000)
     assert err.value.reason == "decode_error"
     with pytest.raises(MediaError):
         decode_video(stepped, 20.0, 1.0, 640, 360)  # past the end: no frames
