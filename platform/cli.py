@@ -114,6 +114,28 @@ def random_codec(
 
 
 @app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="an exported checkpoint folder")],
+    shards: Annotated[str, typer.Argument(help="ingest output folder, shards/ folder or glob")],
+    out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("runs/eval"),
+    limit: Annotated[int, typer.Option(help="records to evaluate")] = 8,
+    nfe: Annotated[int, typer.Option(help="network evaluations per sample")] = 16,
+    samples: Annotated[int, typer.Option(help="samples saved as wav + png")] = 3,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Generate with a checkpoint for shard records and write metrics (JSON + Markdown) and
+    sample wavs/spectrograms to --out."""
+    from dubforge.eval.run import evaluate_checkpoint
+
+    try:
+        evaluate_checkpoint(str(checkpoint), shards, str(out), limit=limit, nfe=nfe,
+                            samples=samples, seed=seed)  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:
+        _fail(ConfigError(str(e)))
+    typer.echo((out / "metrics.md").read_text())
+
+
+@app.command()
 def params() -> None:
     """Parameter counts of the dubber presets (tiny, small, base), total and per component."""
     from dubforge.model.presets import param_table

@@ -16,7 +16,7 @@ COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands
 
 
 def test_commands_are_the_landed_ones():
-    assert COMMANDS == ["doctor", "ingest", "params", "random-codec", "run", "synth"]
+    assert COMMANDS == ["doctor", "evaluate", "ingest", "params", "random-codec", "run", "synth"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])
@@ -68,3 +68,8 @@ def test_random_codec_is_flagged_in_what_it_tokenizes(tmp_path):
     assert codes.shape == (8, 75) and codes.dtype == np.int16
     bad = CliRunner().invoke(app, ["random-codec", str(tmp_path / "d"), "--kind", "wavtokenizer"])
     assert bad.exit_code == 2 and "choose one of" in bad.output
+
+
+def test_evaluate_without_a_checkpoint_exits_2(tmp_path):
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "none"), str(tmp_path)])
+    assert result.exit_code == 2, result.output

@@ -7,7 +7,8 @@ references in each module's docstring):
   speaker.py   SECS (pluggable speaker encoder)     wer.py/asr.py WER (pluggable ASR, Whisper)
   syncnet.py   LSE-D / LSE-C (SyncNet weights)
 `evaluate.py` runs them all (`Evaluator`, `evaluate_pair`); `report.py` writes tables and
-samples. A metric that cannot run returns a `MetricResult` with value None and a reason.
+samples; `run.py` scores an exported checkpoint on ingest shards (`evaluate_checkpoint`). A
+metric that cannot run returns a `MetricResult` with value None and a reason.
 
 The names below are importable from `dubforge.eval` and load their module on first use, so
 importing this package stays cheap (no torch, no models).
@@ -26,6 +27,7 @@ _EXPORTS = {
     "METRICS": "evaluate",
     "write_report": "report",
     "save_sample": "report",
+    "evaluate_checkpoint": "run",
 }
 
 __all__ = sorted(_EXPORTS)
