@@ -4,6 +4,7 @@ manifest part (the part is the unit's completion marker, written last and rename
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +134,16 @@ class RemoteOutput:
 
     def _get(self, remote: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
-        with self.fs.open_input_stream(remote) as src:
-            local.write_bytes(src.read())
+        with self.fs.open_input_stream(remote) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
 
     def _put(self, local: Path, remote: str) -> None:
         self.fs.create_dir(remote.rsplit("/", 1)[0], recursive=True)
-        with self.fs.open_output_stream(remote) as dst:
-            dst.write(local.read_bytes())
+        with open(local, "rb") as src, self.fs.open_output_stream(remote) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)  # shards run to hundreds of MB: stream them
 
     def pull(self) -> set[str]:
         """Fresh staging with the remote's manifest parts; returns the finished units."""
-        import shutil
-
         shutil.rmtree(self.staging, ignore_errors=True)
         for remote in self._list("manifest_parts"):
             if remote.endswith(".parquet"):
