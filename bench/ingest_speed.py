@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ingest_speed.py [--movies 4] [--duration 30] [--scale 1 4]
         [--skip-sequential] [--mel] [--workdir runs/bench/ingest_speed]
-    .venv/bin/python bench/ingest_speed.py --variant decode-task --faces-actors 2  # a layout
+    .venv/bin/python bench/ingest_speed.py --variant decode1 --faces-actors 2  # a layout
 
 What is measured, on the synthetic corpus (`dubforge synth`: movies with delivered dialogue/M&E
 stems, so no separator runs, plus a speech-only corpus of 2 utterances per movie):
@@ -444,9 +444,8 @@ class Chain:
 
 VARIANTS = {
     "default": "platform/ingest/pipeline.py's build_dataset as it is",
-    "decode1": "Decode pool of exactly 1 actor (default: 1-2)",
-    "decode-task": "Decode as stateless tasks, so Ray fuses FlatMap->Decode->...->Faces into the "
-    "Faces actors (frames never cross the object store); pair with --faces-actors 2",
+    "decode1": "the former layout: Decode as a pool of 1 actor, so decoded frames cross the "
+    "object store (the default now runs decode as tasks fused into the Faces actors)",
     "chain": "all stages in one actor class, --codec-actors actors (one per core)",
 }
 
@@ -470,12 +469,8 @@ def build_variant(units: list[dict[str, Any]], cfg: Any, sample_rate: int, varia
             Chain, fn_constructor_kwargs=kw, batch_size=4,
             compute=ActorPoolStrategy(size=cfg.codec.actors),
         )  # fmt: skip
-    if variant == "decode1":
-        ds = ds.map_batches(stages.Decode, fn_constructor_kwargs=kw, batch_size=4,
-                            compute=ActorPoolStrategy(size=1))  # fmt: skip
-    else:  # decode-task: a callable class as tasks is not allowed, so a partial of one
-        decode = stages.Decode(cfg, sample_rate)
-        ds = ds.map_batches(lambda b: decode(b), batch_size=4)
+    ds = ds.map_batches(stages.Decode, fn_constructor_kwargs=kw, batch_size=4,
+                        compute=ActorPoolStrategy(size=1))  # fmt: skip
     ds = ds.map_batches(stages.require_stems, batch_size=8)
     ds = ds.map_batches(functools.partial(stages.energy, cfg=cfg), batch_size=8)
     if cfg.faces.enabled:
