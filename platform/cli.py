@@ -51,7 +51,17 @@ def run_cmd(
     if dry_run:
         typer.echo(json.dumps(cfg.model_dump(), indent=2))
         return
-    raise typer.Exit(run(cfg))
+    raise typer.Exit(_run(cfg))
+
+
+def _run(cfg: object) -> int:
+    """Run a validated job; a ConfigError found while preparing it (e.g. shards that do not
+    exist) exits with code 2 like a config that does not validate."""
+    try:
+        return run(cfg)  # type: ignore[arg-type]
+    except ConfigError as e:
+        _fail(e)
+    return 2
 
 
 @app.command()
@@ -93,7 +103,22 @@ def ingest(
         _fail(e)
     if cfg.job != "ingest":
         _fail(ConfigError(f"{job} is a `{cfg.job}` job; `dubforge ingest` runs ingest jobs"))
-    raise typer.Exit(run(cfg))
+    raise typer.Exit(_run(cfg))
+
+
+@app.command()
+def train(
+    job: Annotated[Path, typer.Argument(help="a curriculum YAML, e.g. jobs/curriculum.yaml")],
+    overrides: Overrides = None,
+) -> None:
+    """Train the dubber through a curriculum of stages (Ray Train + DeepSpeed, MLflow)."""
+    try:
+        cfg = load_job(job, overrides or [])
+    except ConfigError as e:
+        _fail(e)
+    if cfg.job != "curriculum":
+        _fail(ConfigError(f"{job} is a `{cfg.job}` job; `dubforge train` runs curriculum jobs"))
+    raise typer.Exit(_run(cfg))
 
 
 @app.command("random-codec")

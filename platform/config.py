@@ -38,8 +38,9 @@ def _registry() -> dict[str, type[JobConfig]]:
     # imported here so that loading a config never imports a job's heavy dependencies
     from dubforge.ingest.config import IngestConfig
     from dubforge.synth.config import SynthConfig
+    from dubforge.train.config import CurriculumConfig
 
-    return {"synth": SynthConfig, "ingest": IngestConfig}
+    return {"synth": SynthConfig, "ingest": IngestConfig, "curriculum": CurriculumConfig}
 
 
 def job_names() -> list[str]:

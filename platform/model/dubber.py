@@ -119,6 +119,10 @@ class Dubber(nn.Module):
         """x: [b, s, n, c], t: [b] -> predicted velocity [b, s, n, c]."""
         return self.dit(x, t, conds)
 
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The training losses (`loss`): what DeepSpeed's engine calls."""
+        return self.loss(batch, generator)
+
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """CFM loss on the span + weighted duration loss, with per-sample condition dropout;
         returns {"loss" (differentiable), "cfm", "dur"}."""

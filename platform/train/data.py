@@ -1,0 +1,438 @@
+"""Training data: shard URIs -> Ray Data (`read_webdataset` + decode) -> per-worker streaming
+shard -> frame-budget micro-batches.
+
+Driver side (`plan_stage`): expand each source's glob under the job's `shards` root, check every
+shard against its index (`<name>.index.json`, written by ingest: byte size and sample count) and
+its tar header, and skip the ones that fail, counted and logged; more than
+`data.max_bad_shards` of a stage's shards failing stops the job before any worker starts.
+Source weights become per-epoch repeat factors (`floor(r)` copies plus one more with
+probability `r - floor(r)`), so a small corpus replayed at weight 1 next to a large one gets half
+the samples of the epoch.
+
+Ray Data side (`build_dataset`): one read task per shard (a tar that breaks mid-read fails only
+its own block; `DataContext.max_errored_blocks` is set to what the threshold still allows), then
+`decode_rows` parses each record, checks its schema version and packs it into a fixed schema
+(key, frames, meta JSON, pickled arrays, error). A bad record becomes a row with `error` set,
+so the worker counts it instead of the pipeline crashing.
+
+Worker side (`FrameBatcher`): rows are drawn a task (by the stage's task weights, among those
+the record supports), put into a length bucket and emitted when the bucket's padded cost
+(samples x longest x streams) would pass `data.frame_budget` or it holds `data.max_samples`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import math
+import pickle
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pyarrow import fs as pafs
+
+from dubforge.config import ConfigError
+from dubforge.ingest.records import SCHEMA_VERSION
+from dubforge.model.batch import TASK_STREAMS, Record, supported_tasks
+from dubforge.storage import is_uri, resolve
+from dubforge.train.config import CurriculumConfig, DataSection, Stage
+
+log = logging.getLogger(__name__)
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    uri: str
+    samples: int | None  # from the index; None without one
+    problem: str = ""  # empty when the shard looks whole
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """One resolved source: its good shards, their sample count and the epoch repeat factor."""
+
+    pattern: str
+    weight: float
+    shards: tuple[str, ...]
+    samples: int
+    repeat: float = 1.0
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stage: str
+    sources: tuple[SourcePlan, ...]
+    bad: tuple[ShardCheck, ...]
+
+    @property
+    def shards(self) -> int:
+        return sum(len(s.shards) for s in self.sources)
+
+    @property
+    def epoch_samples(self) -> float:
+        return sum(s.samples * s.repeat for s in self.sources)
+
+
+def join(root: str, pattern: str) -> str:
+    """`pattern` under `root` unless it is a URI or an absolute path."""
+    if is_uri(pattern) or pattern.startswith("/"):
+        return pattern
+    return root.rstrip("/") + "/" + pattern
+
+
+def _uri(filesystem: pafs.FileSystem, path: str, like: str) -> str:
+    if not is_uri(like) or like.startswith("file://"):
+        return path
+    return f"{like.split('://', 1)[0]}://{path}"
+
+
+def expand(pattern: str) -> list[str]:
+    """Shard files (.tar) matching a glob (folder or URI); a folder means every .tar under it."""
+    parts = pattern.split("/")
+    first = next((i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS)), None)
+    base = "/".join(parts[:first]) if first is not None else pattern
+    filesystem, base_path = resolve(base)
+    info = filesystem.get_file_info(base_path)
+    if info.type == pafs.FileType.File:
+        return [_uri(filesystem, base_path, pattern)] if first is None else []
+    if info.type == pafs.FileType.NotFound:
+        return []
+    rel_glob = "/".join(parts[first:]) if first is not None else "**.tar"
+    found = filesystem.get_file_info(pafs.FileSelector(base_path, recursive=True))
+    out = []
+    for f in found:
+        if f.type != pafs.FileType.File or not f.path.endswith(".tar"):
+            continue
+        rel = f.path[len(base_path) :].lstrip("/")
+        if fnmatch.fnmatch(rel, rel_glob) or (rel_glob == "**.tar"):
+            out.append(_uri(filesystem, f.path, pattern))
+    return sorted(out)
+
+
+def check_shard(uri: str) -> ShardCheck:
+    """Cheap integrity check without reading the shard: size against its index, tar magic."""
+    filesystem, path = resolve(uri)
+    info = filesystem.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        return ShardCheck(uri, None, "missing")
+    if not info.size:
+        return ShardCheck(uri, None, "empty file")
+    with filesystem.open_input_file(path) as f:
+        head = f.read(512)
+    if len(head) < 512 or head[257:262] != b"ustar":
+        return ShardCheck(uri, None, "not a tar file (no ustar header)")
+    index_path = path.removesuffix(".tar") + ".index.json"
+    if filesystem.get_file_info(index_path).type != pafs.FileType.File:
+        return ShardCheck(uri, None)
+    try:
+        with filesystem.open_input_stream(index_path) as f:
+            index = json.loads(f.read())
+        samples, size = len(index["samples"]), int(index["bytes"])
+    except (ValueError, KeyError, TypeError) as e:
+        return ShardCheck(uri, None, f"unreadable index ({e})")
+    if size != info.size:
+        return ShardCheck(uri, samples, f"truncated: index says {size} bytes, file has {info.size}")
+    return ShardCheck(uri, samples)
+
+
+def _sources(
+    cfg: CurriculumConfig, stage: Stage, weight: float = 1.0
+) -> list[tuple[str, str, float]]:
+    """(field name, pattern, weight) of a stage's sources, replays expanded."""
+    i = [s.name for s in cfg.stages].index(stage.name)
+    total = sum(s.weight for s in stage.data)
+    out = []
+    for j, src in enumerate(stage.data):
+        w = weight * src.weight / total
+        if src.replay is not None:
+            earlier = next(s for s in cfg.stages if s.name == src.replay)
+            out += _sources(cfg, earlier, w)
+        else:
+            out.append((f"stages.{i}.data.{j}.shards", join(cfg.shards, src.shards), w))
+    return out
+
+
+def plan_stage(cfg: CurriculumConfig, stage: Stage) -> StagePlan:
+    """Resolve and check a stage's shards; raises ConfigError naming the field that matched
+    nothing, or when more than `data.max_bad_shards` of the shards are bad."""
+    merged: dict[str, list[Any]] = {}
+    for name, pattern, w in _sources(cfg, stage):
+        uris = expand(pattern)
+        if not uris:
+            raise ConfigError(
+                f"{name}: {pattern!r} matches no .tar shard; check `shards` ({cfg.shards!r}) "
+                f"and the glob, or override with shards=DIR_OR_URI"
+            )
+        entry = merged.setdefault(pattern, [name, 0.0, uris])
+        entry[1] += w
+    sources, bad, total = [], [], 0
+    for pattern, (_, w, uris) in merged.items():
+        checks = [check_shard(u) for u in uris]
+        total += len(checks)
+        good = [c for c in checks if not c.problem]
+        bad += [c for c in checks if c.problem]
+        for c in checks:
+            if c.problem:
+                log.warning("stage %s: skipping shard %s: %s", stage.name, c.uri, c.problem)
+        if good:
+            n = sum(c.samples if c.samples is not None else 0 for c in good)
+            sources.append(SourcePlan(pattern, w, tuple(c.uri for c in good), n))
+    if bad and len(bad) > cfg.data.max_bad_shards * total:
+        listing = "; ".join(f"{c.uri}: {c.problem}" for c in bad[:5])
+        raise ConfigError(
+            f"stage {stage.name!r}: {len(bad)} of {total} shards are bad, more than "
+            f"data.max_bad_shards={cfg.data.max_bad_shards}: {listing}"
+        )
+    return StagePlan(stage.name, tuple(_repeats(sources)), tuple(bad))
+
+
+def _repeats(sources: list[SourcePlan]) -> list[SourcePlan]:
+    """Repeat factors that give each source its weight's share of an epoch the size of all
+    sources together; sources without indexed sample counts keep factor 1."""
+    counted = [s for s in sources if s.samples > 0]
+    if len(counted) < 2:
+        return sources
+    total_n = sum(s.samples for s in counted)
+    total_w = sum(s.weight for s in counted)
+    out = []
+    for s in sources:
+        if s.samples > 0:
+            s = SourcePlan(s.pattern, s.weight, s.shards, s.samples,
+                           s.weight / total_w * total_n / s.samples)  # fmt: skip
+        out.append(s)
+    return out
+
+
+# ---- Ray Data side ------------------------------------------------------------------------
+
+
+def decode_rows(
+    batch: Any, stem_keys: Mapping[str, str], frame_rate: float, repeat: float, seed: int | None
+) -> Any:
+    """A pandas batch of raw WebDataset rows -> rows of (key, url, frames, meta, arrays, error),
+    each kept floor(repeat) times plus once more with probability repeat - floor(repeat)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    out: list[dict[str, Any]] = []
+    for row in batch.to_dict("records"):
+        key, url = str(row.get("__key__", "")), str(row.get("__url__", ""))
+        try:
+            meta, arrays = _decode(row)
+            frames = _frames(meta, arrays, stem_keys, frame_rate)
+            item = {"key": key, "url": url, "frames": frames, "meta": json.dumps(meta),
+                    "arrays": pickle.dumps(arrays, protocol=5), "error": ""}  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - any bad record becomes a counted rejection
+            item = {"key": key, "url": url, "frames": 0, "meta": "", "arrays": b"",
+                    "error": f"{type(e).__name__}: {e}"}  # fmt: skip
+        copies = int(repeat) + int(rng.random() < repeat - int(repeat))
+        out += [item] * copies
+    return pd.DataFrame(out, columns=["key", "url", "frames", "meta", "arrays", "error"])
+
+
+def _decode(row: Mapping[str, Any]) -> Record:
+    import io
+
+    raw = row.get("json")
+    if not isinstance(raw, bytes | str):
+        raise ValueError("record has no json member")
+    meta = json.loads(raw)
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version!r}; this dubforge reads version {SCHEMA_VERSION}"
+        )
+    arrays = {}
+    for col, value in row.items():
+        if col.endswith(".npy") and isinstance(value, bytes):
+            arrays[col.removesuffix(".npy")] = np.load(io.BytesIO(value), allow_pickle=False)
+    return meta, arrays
+
+
+def _frames(
+    meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], stem_keys: Mapping[str, str],
+    frame_rate: float,
+) -> int:  # fmt: skip
+    lengths = [arrays[k].shape[-1] for k in stem_keys.values() if k in arrays]
+    if lengths:
+        return int(max(lengths))
+    return round((float(meta["end"]) - float(meta["start"])) * frame_rate)
+
+
+def build_dataset(
+    plan: StagePlan, stem_keys: Mapping[str, str], frame_rate: float, max_bad_shards: float,
+    seed: int | None = None,
+) -> Any:  # fmt: skip
+    """The stage's Ray Dataset of decoded rows (all sources, repeat factors applied)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.max_errored_blocks = max(0, math.floor(max_bad_shards * (plan.shards + len(plan.bad))) -
+                                 len(plan.bad))  # fmt: skip
+    parts = []
+    for i, src in enumerate(plan.sources):
+        ds = ray.data.read_webdataset(
+            list(src.shards), decoder=None, override_num_blocks=len(src.shards)
+        )
+        parts.append(
+            ds.map_batches(
+                decode_rows, batch_format="pandas", batch_size=16,
+                fn_kwargs={"stem_keys": dict(stem_keys), "frame_rate": frame_rate,
+                           "repeat": src.repeat, "seed": None if seed is None else seed + i},
+            )
+        )  # fmt: skip
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+# ---- worker side --------------------------------------------------------------------------
+
+
+@dataclass
+class DataCounters:
+    rows: int = 0
+    bad_records: int = 0
+    no_task: int = 0
+    cropped: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"data/rows": self.rows, "data/bad_records": self.bad_records,
+                "data/no_task": self.no_task, "data/cropped": self.cropped}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Item:
+    record: Record
+    task: str
+    frames: int
+
+    @property
+    def cost(self) -> int:
+        return self.frames * len(TASK_STREAMS[self.task])
+
+
+def bucket_edges(max_frames: int, buckets: int, min_frames: int = 25) -> list[int]:
+    """Geometric upper edges of length buckets from `min_frames` to `max_frames`."""
+    if buckets == 1:
+        return [max_frames]
+    ratio = (max_frames / min_frames) ** (1 / (buckets - 1))
+    edges = sorted({max(1, round(min_frames * ratio**i)) for i in range(buckets - 1)})
+    return [e for e in edges if e < max_frames] + [max_frames]
+
+
+class FrameBatcher:
+    """Rows -> micro-batches of Items whose padded cost stays within the frame budget."""
+
+    def __init__(
+        self, space: Any, tasks: Mapping[str, float], data: DataSection,
+        rng: np.random.Generator, counters: DataCounters,
+    ) -> None:  # fmt: skip
+        self.space, self.data, self.rng, self.counters = space, data, rng, counters
+        self.tasks = dict(tasks)
+        self.edges = bucket_edges(data.max_frames, data.buckets)
+        self.buckets: list[list[Item]] = [[] for _ in self.edges]
+        self.bad_log_budget = 20
+
+    def _task(self, record: Record) -> str | None:
+        options = [t for t in supported_tasks(record[1], self.space) if t in self.tasks]
+        if not options:
+            return None
+        w = np.array([self.tasks[t] for t in options], dtype=float)
+        return options[int(self.rng.choice(len(options), p=w / w.sum()))]
+
+    def add(self, row: Mapping[str, Any]) -> Iterator[list[Item]]:
+        """Take one decoded row; yields a micro-batch when one is full."""
+        self.counters.rows += 1
+        if row["error"]:
+            self.counters.bad_records += 1
+            reason = str(row["error"]).split(":", 1)[0]
+            self.counters.errors[reason] = self.counters.errors.get(reason, 0) + 1
+            if self.bad_log_budget > 0:
+                self.bad_log_budget -= 1
+                log.warning("rejected record %s in %s: %s", row["key"], row["url"], row["error"])
+            return
+        record = (json.loads(row["meta"]), pickle.loads(row["arrays"]))
+        task = self._task(record)
+        if task is None:
+            self.counters.no_task += 1
+            return
+        frames = int(row["frames"])
+        if frames > self.data.max_frames:
+            record = crop(record, self.space, self.data.max_frames, self.rng)
+            frames = self.data.max_frames
+            self.counters.cropped += 1
+        item = Item(record, task, frames)
+        i = next(k for k, e in enumerate(self.edges) if frames <= e)
+        bucket = self.buckets[i]
+        worst = max([it.cost for it in bucket] + [item.cost])
+        if bucket and ((len(bucket) + 1) * worst > self.data.frame_budget or
+                       len(bucket) >= self.data.max_samples):  # fmt: skip
+            self.buckets[i] = [item]
+            yield bucket
+        else:
+            bucket.append(item)
+            if len(bucket) * worst >= self.data.frame_budget:
+                self.buckets[i] = []
+                yield bucket
+
+    def flush(self) -> Iterator[list[Item]]:
+        """The partly filled buckets, at the end of an epoch."""
+        for i, bucket in enumerate(self.buckets):
+            if bucket:
+                self.buckets[i] = []
+                yield bucket
+
+
+def micro_batches(rows: Iterable[Mapping[str, Any]], batcher: FrameBatcher) -> Iterator[list[Item]]:
+    for row in rows:
+        yield from batcher.add(row)
+    yield from batcher.flush()
+
+
+def iter_rows(batches: Iterable[Any]) -> Iterator[dict[str, Any]]:
+    """Rows of pandas batches from `DataIterator.iter_batches(batch_format="pandas")`."""
+    for df in batches:
+        yield from df.to_dict("records")
+
+
+def _rate(name: str, meta: Mapping[str, Any], frame_rate: float) -> float:
+    if name.endswith(".mel"):
+        return 100.0
+    if name.endswith(".codes"):
+        codec = meta.get("codec") or {}
+        return float(codec.get("frame_rate", frame_rate))
+    if name == "lips":
+        return float(meta.get("fps", 25))
+    if name == "face":
+        return float(meta.get("face_fps", 5))
+    return frame_rate
+
+
+def crop(record: Record, space: Any, max_frames: int, rng: np.random.Generator) -> Record:
+    """A random window of `max_frames` latent frames (on a video-frame boundary) of a long
+    record: every time-indexed array is cut to the same seconds; the text is kept whole (no
+    alignment), so the sample learns a partial-text infill."""
+    meta, arrays = record
+    fps = float(meta.get("fps", 25))
+    rate = space.frame_rate
+    dur = max_frames / rate
+    total = float(meta["end"]) - float(meta["start"])
+    start = float(rng.uniform(0, max(0.0, total - dur)))
+    start = math.floor(start * fps) / fps
+    out = {}
+    for name, arr in arrays.items():
+        r = _rate(name, meta, rate)
+        a, n = round(start * r), max(1, math.floor(dur * r + 1e-6))
+        out[name] = arr[..., a : a + n] if name.endswith((".mel", ".codes")) else arr[a : a + n]
+    meta = {**meta, "start": float(meta["start"]) + start,
+            "end": float(meta["start"]) + start + dur}  # fmt: skip
+    return meta, out
+
+
+def records_of(items: Sequence[Item]) -> tuple[list[Record], list[str]]:
+    return [it.record for it in items], [it.task for it in items]

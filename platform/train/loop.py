@@ -1,0 +1,386 @@
+"""The Ray Train worker loop of one curriculum stage (`train_loop_per_worker` of a TorchTrainer):
+DeepSpeed initialised inside the worker, data from the worker's streaming dataset shard.
+
+Each step is `deepspeed.grad_accum` micro-batches per worker. Workers draw micro-batches in
+lockstep: before each one they agree (an all-reduce) that all of them still have data in this
+epoch; the first worker to run out ends the epoch for everyone, and the others drain what is
+left of their split so the next epoch starts cleanly. Without this, a worker whose frame-budget
+batches ran out first would wait for the next epoch while the others wait for it in a gradient
+all-reduce.
+
+Checkpoints (every `checkpoint.every` steps and at the stage's end) hold DeepSpeed's sharded
+state (`ds/`, one optimizer shard per rank, merged by Ray in storage), `state.json` and, at the
+end, the consolidated inference export (`export/`). A restarted worker group resumes from the
+latest one: same step, new data epoch.
+
+Rank 0 logs to the stage's MLflow run (`run_id` from the driver): losses, LR, grad norm,
+samples/s, latent frames/s, data-wait fraction, data counters; validation every
+`tracking.validate_every` steps (fixed-draw loss + generated wav/PNG as artifacts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import pickle
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dubforge.model.batch import TASK_STREAMS, Record, collate, to_waves
+from dubforge.model.checkpoint import save_checkpoint
+from dubforge.model.config import ModelConfig
+from dubforge.model.presets import build_model, sampler_kwargs, space_from_config
+from dubforge.train import engine as eng
+from dubforge.train.config import CurriculumConfig, Stage
+from dubforge.train.data import DataCounters, FrameBatcher, Item, iter_rows, micro_batches
+
+log = logging.getLogger(__name__)
+CKPT_TAG = "ds"
+STATE = "state.json"
+EXPORT = "export"
+VAL_DRAWS = 4
+
+
+def stage_model_config(cfg: CurriculumConfig, stage: Stage) -> ModelConfig:
+    """The model config with the stage's dropout and loss overrides applied."""
+    update: dict[str, Any] = {}
+    if stage.dropout is not None:
+        update["dropout"] = stage.dropout
+    if stage.loss.dur_weight is not None:
+        update["loss"] = cfg.model.loss.model_copy(update={"dur_weight": stage.loss.dur_weight})
+    return cfg.model.model_copy(update=update)
+
+
+def load_export_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Load an export's weights into `model` (same preset and space), strictly."""
+    from dubforge.model.checkpoint import _load_state
+
+    state = _load_state(Path(folder))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"export {folder} does not fit this model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; the stages must share model.preset and model.space"
+        )
+
+
+def validation_tasks(records: list[Record], space: Any, tasks: dict[str, float]) -> list[str]:
+    """Per validation record, the stage's heaviest task it supports (deterministic)."""
+    from dubforge.model.batch import supported_tasks
+
+    order = sorted(tasks, key=lambda t: -tasks[t])
+    out = []
+    for _, arrays in records:
+        ok = supported_tasks(arrays, space)
+        out.append(next((t for t in order if t in ok), ""))
+    return out
+
+
+class Tracker:
+    """Rank-0 MLflow logging into an existing run (no-op without a run id)."""
+
+    def __init__(self, uri: str | None, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.client = None
+        if run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=uri)
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items() if np.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def artifacts(self, folder: Path, path: str) -> None:
+        if self.client is not None:
+            self.client.log_artifacts(self.run_id, str(folder), artifact_path=path)
+
+    def tag(self, key: str, value: str) -> None:
+        if self.client is not None:
+            self.client.set_tag(self.run_id, key, value)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train entry: `config` = {"cfg": resolved config dict, "stage": name, "init": export
+    folder or None, "run_id": MLflow run, "tracking_uri", "validation": pickled records}."""
+    import deepspeed
+    import ray.train
+    import torch.distributed as dist
+
+    cfg = CurriculumConfig.model_validate(config["cfg"])
+    stage = next(s for s in cfg.stages if s.name == config["stage"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.scaling.threads_per_worker)
+    torch.manual_seed(cfg.seed * 1000 + rank)
+    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
+    space = space_from_config(cfg.model.space, device="cpu")
+    model_cfg = stage_model_config(cfg, stage)
+    model = build_model(model_cfg, space)
+    tracker = Tracker(config.get("tracking_uri"), config.get("run_id") if rank == 0 else None)
+
+    restored = ray.train.get_checkpoint()
+    info: dict[str, Any] = {"rank": rank, "world": world, "resumed_from": None}
+    if restored is None and config.get("init"):
+        load_export_weights(model, config["init"])
+    frozen = eng.freeze(model, stage.freeze)
+    if rank == 0 and restored is None:
+        info["init_digest"] = eng.state_digest(model.state_dict())
+        info["frozen_digest"] = eng.state_digest(model.state_dict(), frozen) if frozen else ""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ds_cfg = eng.ds_config(cfg.deepspeed, micro_batch=cfg.data.max_samples, world_size=world,
+                           use_gpu=cfg.scaling.use_gpu)  # fmt: skip
+    opt = eng.client_optimizer(trainable, cfg.deepspeed, ds_cfg)
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model, model_parameters=trainable, optimizer=opt, config=ds_cfg
+    )
+    step, epoch = 0, 0
+    if restored is not None:
+        with restored.as_directory() as d:
+            _, client = engine.load_checkpoint(d, tag=CKPT_TAG)
+            step, epoch = int(client["step"]), int(client["epoch"]) + 1
+        info["resumed_from"] = step
+        log.warning("rank %d: resumed stage %s at step %d", rank, stage.name, step)
+    nodes: list[Any] = [None] * world
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    info["nodes"] = sorted(set(nodes))
+    if rank == 0:
+        tracker.tag("nodes", ",".join(info["nodes"]))
+        if info["resumed_from"] is not None:
+            tracker.tag(f"resumed_from_step.{int(time.time())}", str(step))
+
+    validation = pickle.loads(config["validation"]) if config.get("validation") else []
+    val_tasks = validation_tasks(validation, space, stage.tasks)
+    counters = DataCounters()
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if cfg.deepspeed.precision == "bf16" else contextlib.nullcontext()
+    )  # fmt: skip
+    rng = np.random.default_rng([cfg.seed, rank, epoch, step])
+    shard = ray.train.get_dataset_shard("train")
+    batches = _lockstep(shard, space, stage, cfg, rng, counters, epoch)
+
+    def checkpoint(final: bool, metrics: dict[str, float]) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="dubforge-ckpt-"))
+        engine.save_checkpoint(str(tmp), tag=CKPT_TAG, client_state={"step": step, "epoch": epoch})
+        state = eng.consolidated_state(engine, cfg.deepspeed.zero_stage) if final else None
+        if rank == 0:
+            if state is not None:
+                export = build_model(model_cfg, space)
+                export.load_state_dict(state)
+                save_checkpoint(tmp / EXPORT, export, model_cfg, space, stage=stage.name,
+                                step=step, metrics=metrics)  # fmt: skip
+            (tmp / STATE).write_text(json.dumps({"stage": stage.name, "step": step,
+                                                 "epoch": epoch, "final": final, **info,
+                                                 "metrics": metrics}, indent=2))  # fmt: skip
+        ray.train.report(
+            {"step": step, "final": final, **metrics},
+            checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+            checkpoint_dir_name=f"step-{step:08d}",
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def validate() -> dict[str, float]:
+        state = eng.consolidated_state(engine, cfg.deepspeed.zero_stage)
+        if rank != 0 or not validation:
+            return {}
+        copy = build_model(model_cfg, space)
+        copy.load_state_dict(state)
+        return _validate(copy.eval(), validation, val_tasks, space, cfg, stage, step, tracker)
+
+    gas = cfg.deepspeed.grad_accum
+    window = _Window()
+    last: dict[str, float] = {}
+    if step == 0 and validation:
+        last.update(validate())  # the stage's starting point
+    engine.train()
+    while step < stage.steps:
+        t_step = time.perf_counter()
+        eng.set_lr(engine.optimizer, eng.lr_at(step, stage))
+        for _ in range(gas):
+            t0 = time.perf_counter()
+            items = next(batches)
+            records = [it.record for it in items]
+            batch = collate(records, space, tasks=[it.task for it in items], train=True,
+                            span_frac=model_cfg.loss.span_frac, seed=rng,
+                            activity_db=model_cfg.loss.activity_db).to(device)  # fmt: skip
+            window.wait += time.perf_counter() - t0
+            with autocast:
+                losses = engine(batch)
+            engine.backward(losses["loss"] + _touch(trainable, cfg.deepspeed.zero_stage))
+            engine.step()
+            window.add(losses, items)
+        step += 1
+        window.seconds += time.perf_counter() - t_step
+        if step % cfg.tracking.log_every == 0 or step == stage.steps:
+            grad_norm = engine.get_global_grad_norm()
+            metrics = window.reduce(dist, world)
+            metrics.update({"train/lr": eng.lr_at(step - 1, stage),
+                            "train/grad_norm": float(grad_norm) if grad_norm is not None else
+                            float("nan"), "train/epoch": epoch})  # fmt: skip
+            totals = _reduce_counters(dist, counters)
+            metrics.update(totals)
+            _check_bad(totals, cfg.data.max_bad_records)
+            if rank == 0:
+                tracker.metrics(metrics, step)
+            last.update(metrics)
+            window = _Window()
+        if step % cfg.tracking.validate_every == 0 or step == stage.steps:
+            last.update(validate())
+        if step % cfg.checkpoint.every == 0 or step == stage.steps:
+            final = step == stage.steps
+            checkpoint(final, {k: v for k, v in last.items() if np.isfinite(v)})
+    with contextlib.suppress(StopIteration):
+        batches.close()
+
+
+def _touch(params: list[torch.nn.Parameter], zero_stage: int) -> torch.Tensor | float:
+    """0 x one element of every trainable parameter: a micro-batch without video (tts) leaves
+    the video encoders without gradients on that worker while another worker's v2a batch has
+    them, and ZeRO-1/2's gradient reduction would then differ across workers and abort. ZeRO-3
+    handles unused parameters itself (`ignore_unused_parameters`)."""
+    if zero_stage == 3:
+        return 0.0
+    return 0.0 * sum(p.reshape(-1)[0] for p in params)
+
+
+class _Window:
+    """Sums over the steps between two metric logs."""
+
+    def __init__(self) -> None:
+        self.loss = self.cfm = self.dur = 0.0
+        self.micro = self.samples = self.frames = 0
+        self.wait = self.seconds = 0.0
+        self.tasks: dict[str, int] = {}
+
+    def add(self, losses: dict[str, torch.Tensor], items: list[Item]) -> None:
+        self.loss += float(losses["loss"].detach())
+        self.cfm += float(losses["cfm"])
+        self.dur += float(losses["dur"])
+        self.micro += 1
+        self.samples += len(items)
+        self.frames += sum(it.frames * len(TASK_STREAMS[it.task]) for it in items)
+        for it in items:
+            self.tasks[it.task] = self.tasks.get(it.task, 0) + 1
+
+    def reduce(self, dist: Any, world: int) -> dict[str, float]:
+        v = torch.tensor([self.loss, self.cfm, self.dur, self.micro, self.samples, self.frames,
+                          self.wait, self.seconds], dtype=torch.float64)  # fmt: skip
+        dist.all_reduce(v)
+        loss, cfm, dur, micro, samples, frames, wait, seconds = v.tolist()
+        wall = seconds / world  # each worker's wall time of the window, averaged
+        return {
+            "train/loss": loss / micro,
+            "train/cfm": cfm / micro,
+            "train/dur": dur / micro,
+            "train/samples_per_s": samples / wall,
+            "train/frames_per_s": frames / wall,
+            "train/data_wait_frac": wait / seconds,
+            "train/samples": samples,
+            **{f"tasks/{k}": float(n) for k, n in self.tasks.items()},
+        }
+
+
+def _reduce_counters(dist: Any, counters: DataCounters) -> dict[str, float]:
+    names = list(counters.as_dict())
+    v = torch.tensor([counters.as_dict()[k] for k in names], dtype=torch.float64)
+    dist.all_reduce(v)
+    return dict(zip(names, v.tolist(), strict=True))
+
+
+def _check_bad(totals: dict[str, float], limit: float) -> None:
+    rows, bad = totals["data/rows"], totals["data/bad_records"]
+    if rows >= 20 and bad > limit * rows:
+        raise RuntimeError(
+            f"{int(bad)} of {int(rows)} records were rejected (more than "
+            f"data.max_bad_records={limit}); see the workers' log for the reasons"
+        )
+
+
+def _lockstep(
+    shard: Any, space: Any, stage: Stage, cfg: CurriculumConfig, rng: np.random.Generator,
+    counters: DataCounters, epoch: int,
+) -> Iterator[list[Item]]:  # fmt: skip
+    """Endless micro-batches over epochs, with epoch ends agreed by all workers."""
+    import torch.distributed as dist
+
+    while True:
+        batcher = FrameBatcher(space, stage.tasks, cfg.data, rng, counters)
+        rows = iter_rows(shard.iter_batches(
+            batch_size=16, batch_format="pandas", prefetch_batches=2,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+        ))  # fmt: skip
+        gen = micro_batches(rows, batcher)
+        produced = 0
+        while True:
+            items = next(gen, None)
+            flag = torch.tensor([0 if items is None else 1])
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            if int(flag) == 0:
+                for _ in gen:  # drain this worker's rest of the epoch
+                    pass
+                break
+            produced += 1
+            yield items
+        if produced == 0:
+            raise RuntimeError(
+                f"stage {stage.name!r}: an epoch gave a worker no micro-batch; the stage's "
+                f"shards hold no record usable for tasks {list(stage.tasks)} "
+                f"(rows {counters.rows}, rejected {counters.bad_records}, "
+                f"no usable task {counters.no_task})"
+            )
+        epoch += 1
+
+
+def _validate(
+    model: torch.nn.Module, records: list[Record], tasks: list[str], space: Any,
+    cfg: CurriculumConfig, stage: Stage, step: int, tracker: Tracker,
+) -> dict[str, float]:  # fmt: skip
+    """Fixed-draw loss on the validation clips + generated audio logged as artifacts."""
+    usable = [(r, t) for r, t in zip(records, tasks, strict=True) if t]
+    if not usable:
+        return {}
+    recs, ts = [r for r, _ in usable], [t for _, t in usable]
+    losses = []
+    with torch.no_grad():
+        for d in range(VAL_DRAWS):
+            batch = collate(recs, space, tasks=ts, train=True, seed=1000 + d)
+            g = torch.Generator().manual_seed(2000 + d)
+            losses.append(float(model.loss(batch, g)["loss"]))
+        refs = []
+        for meta, arrays in recs:
+            n = max((v.shape[-1] for k, v in arrays.items() if k.endswith((".mel", ".codes"))),
+                    default=0)  # fmt: skip
+            refs.append(({**meta, "ref_frames": int(0.3 * n)}, arrays))
+        batch = collate(refs, space, tasks=ts, train=False, seed=0)
+        kwargs = sampler_kwargs(cfg.model)
+        kwargs["nfe"] = cfg.tracking.validation_nfe
+        latents = model.sample(batch, seed=0, **kwargs)
+        waves = to_waves(space, latents, batch)
+    from dubforge.eval.report import save_sample
+
+    out = Path(tempfile.mkdtemp(prefix="dubforge-val-"))
+    try:
+        for i, (w, t) in enumerate(zip(waves, ts, strict=True)):
+            for stem, x in w.items():
+                if np.abs(x).max() > 0:
+                    save_sample(out, f"{i:02d}-{t}-{stem}", x, space.sample_rate)
+        tracker.artifacts(out, f"validation/step-{step:08d}")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    metrics = {"val/loss": float(np.mean(losses))}
+    tracker.metrics(metrics, step)
+    return metrics
