@@ -16,8 +16,16 @@ COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands
 
 
 def test_commands_are_the_landed_ones():
-    assert COMMANDS == ["doctor", "evaluate", "ingest", "params", "random-codec", "run", "synth",
-                        "train"]
+    assert COMMANDS == [
+        "doctor",
+        "evaluate",
+        "ingest",
+        "params",
+        "random-codec",
+        "run",
+        "synth",
+        "train",
+    ]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

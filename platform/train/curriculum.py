@@ -216,10 +216,12 @@ def run_stage(
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     run_id = tracking.stage_run(stage)
-    tracking.log_params(run_id, {"data.shards": str(plan.shards),
-                                 "data.bad_shards": str(len(plan.bad)),
-                                 "data.epoch_samples": f"{plan.epoch_samples:.0f}",
-                                 "init_from": init or "random", "attempt": str(attempt)})  # fmt: skip
+    extra = {
+        "data.shards": str(plan.shards), "data.bad_shards": str(len(plan.bad)),
+        "data.epoch_samples": f"{plan.epoch_samples:.0f}", "init_from": init or "random",
+        "attempt": str(attempt),
+    }  # fmt: skip
+    tracking.log_params(run_id, extra)
     tracking.client.log_metric(run_id, "data/bad_shards", len(plan.bad))
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
