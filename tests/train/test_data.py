@@ -76,28 +76,30 @@ def test_plan_skips_bad_shards_up_to_the_threshold(train_shards, tmp_path):
     cut = root / "movies" / "clip-00001.tar"
     cut.write_bytes(cut.read_bytes()[:5000])
     cfg = CurriculumConfig.model_validate(debug_dict(shards=str(root)))
-    with pytest.raises(ConfigError, match=r"stage 'v2a': 1 of 3 shards are bad"):
-        plan_stage(cfg, cfg.stages[1])  # v2a: movies only, 1 of 3 shards bad
+    with pytest.raises(ConfigError, match=r"stage 'v2a': 1 of 6 shards are bad"):
+        plan_stage(cfg, cfg.stages[1])  # v2a: every shard, 1 of 6 bad
     cfg = CurriculumConfig.model_validate(
         debug_dict(shards=str(root), data={"max_bad_shards": 0.5})
     )
     plan = plan_stage(cfg, cfg.stages[1])
-    assert plan.shards == 2 and [c.uri for c in plan.bad] == [str(cut)]
-    assert plan.sources[0].samples == 8
+    assert plan.shards == 5 and [c.uri for c in plan.bad] == [str(cut)]
+    assert plan.sources[0].samples == 20
 
 
 def test_replay_weights_become_repeat_factors(train_shards):
     cfg = CurriculumConfig.model_validate(debug_dict(shards=str(train_shards)))
-    plan = plan_stage(cfg, cfg.stages[2])  # movies weight 1 + replay of tts (speech) weight 1
-    by = {s.pattern.rsplit("/", 2)[1]: s for s in plan.sources}
-    assert by["movies"].samples == 12 and by["speech"].samples == 12
-    assert by["movies"].repeat == pytest.approx(1.0) and by["speech"].repeat == pytest.approx(1.0)
-    plan = plan_stage(cfg, cfg.stages[3])  # movies weight 2 + replay(v2a_tts) weight 1
-    by = {s.pattern.rsplit("/", 2)[1]: s for s in plan.sources}
-    # movies: 2/3 + 1/3 * 1/2 = 5/6 of 24 samples = 20 -> repeat 20/12; speech: 1/6 -> 4/12
-    assert by["movies"].repeat == pytest.approx(20 / 12)
-    assert by["speech"].repeat == pytest.approx(4 / 12)
-    assert plan.epoch_samples == pytest.approx(24)
+    plan = plan_stage(cfg, cfg.stages[2])  # all shards weight 1 + replay of tts (speech) weight 1
+    by = {s.pattern.rsplit("/", 1)[1]: s for s in plan.sources}
+    assert by["*.tar"].samples == 24 and by["*speech*.tar"].samples == 12
+    # each half of an epoch of 36: all 24 x 0.75, speech 12 x 1.5
+    assert by["*.tar"].repeat == pytest.approx(0.75)
+    assert by["*speech*.tar"].repeat == pytest.approx(1.5)
+    plan = plan_stage(cfg, cfg.stages[3])  # all weight 2 + replay(v2a_tts) weight 1
+    by = {s.pattern.rsplit("/", 1)[1]: s for s in plan.sources}
+    # all: 2/3 + 1/3 * 1/2 = 5/6 of 36 = 30 -> 30/24; speech: 1/6 of 36 = 6 -> 6/12
+    assert by["*.tar"].repeat == pytest.approx(30 / 24)
+    assert by["*speech*.tar"].repeat == pytest.approx(6 / 12)
+    assert plan.epoch_samples == pytest.approx(36)
     with pytest.raises(ConfigError, match=r"stages.0.data.0.shards: .* matches no .tar shard"):
         plan_stage(CurriculumConfig.model_validate(debug_dict(shards="/nonexistent")),
                    cfg.stages[0])  # fmt: skip
