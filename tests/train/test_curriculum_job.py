@@ -1,7 +1,7 @@
-"""The debug curriculum as users run it: `ray job submit --working-dir . -- jobs/curriculum_debug.yaml`
-against a real two-node Ray cluster (head + a second `ray start --address` node on this machine),
-real DeepSpeed ZeRO-2 over gloo, real MLflow (sqlite). Then a worker is killed mid-stage and the
-stage must recover from its checkpoint."""
+"""The debug curriculum as users run it (`ray job submit --working-dir . --
+jobs/curriculum_debug.yaml`) against a real two-node Ray cluster (head + a second `ray start
+--address` node on this machine), real DeepSpeed ZeRO-2 over gloo, real MLflow (sqlite). Then a
+worker is killed mid-stage and the stage must recover from its checkpoint."""
 
 from __future__ import annotations
 
@@ -174,8 +174,8 @@ def test_loss_decreases_over_the_curriculum(job, train_shards):
     init's."""
     client = _client(job["tracking"])
     for s in job["summary"]["stages"]:
-        hist = sorted((m.step, m.value) for m in client.get_metric_history(s["mlflow_run"],
-                                                                            "val/loss"))  # fmt: skip
+        history = client.get_metric_history(s["mlflow_run"], "val/loss")
+        hist = sorted((m.step, m.value) for m in history)
         assert hist[0][0] == 0 and hist[-1][1] < hist[0][1], (s["stage"], hist)
     records = [(x.meta, x.arrays) for p in sorted((train_shards / "speech").glob("*.tar"))
                for x in read_shard(p)]  # fmt: skip
@@ -247,7 +247,7 @@ def test_worker_killed_mid_stage_recovers_from_checkpoint(two_nodes, train_shard
                   key=lambda m: m.timestamp)  # fmt: skip
     steps = [m.step for m in hist]
     drops = [(a, b) for a, b in zip(steps, steps[1:], strict=False) if b <= a]
-    for a, b in drops:
+    for _, b in drops:
         assert b > killed_at, (steps, drops)
     assert steps[-1] == 60 and max(steps) == 60
     print(
