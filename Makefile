@@ -5,12 +5,14 @@
 setup:
 	@bash scripts/setup.sh
 
-# synth -> ingest. With no codec at models/encodec_24khz (nothing can be downloaded here) the
-# demo saves a random-weight EnCodec there: its codes are placeholders, flagged in every record.
+# synth -> ingest -> the debug curriculum on the ingested shards (mel space, tiny DiT, 2 CPU
+# workers). With no codec at models/encodec_24khz (nothing can be downloaded here) the demo saves
+# a random-weight EnCodec there: its codes are placeholders, flagged in every record.
 demo: setup
 	.venv/bin/dubforge run jobs/synth.yaml
 	test -f models/encodec_24khz/config.json || .venv/bin/dubforge random-codec models/encodec_24khz
 	.venv/bin/dubforge run jobs/ingest.yaml
+	.venv/bin/dubforge run jobs/curriculum_debug.yaml
 
 test: setup
 	.venv/bin/python -m pytest
