@@ -1,12 +1,13 @@
 """The Ray Train worker loop of one curriculum stage (`train_loop_per_worker` of a TorchTrainer):
 DeepSpeed initialised inside the worker, data from the worker's streaming dataset shard.
 
-Each step is `deepspeed.grad_accum` micro-batches per worker. Workers draw micro-batches in
-lockstep: before each one they agree (an all-reduce) that all of them still have data in this
-epoch; the first worker to run out ends the epoch for everyone, and the others drain what is
-left of their split so the next epoch starts cleanly. Without this, a worker whose frame-budget
-batches ran out first would wait for the next epoch while the others wait for it in a gradient
-all-reduce.
+Each step is `deepspeed.grad_accum` micro-batches per worker. A thread per worker reads its
+split, batches and collates two micro-batches ahead of the step (`_Prefetcher`); the time the
+step waits for it is the data-wait fraction. Workers draw micro-batches in lockstep: before each
+one they agree (an all-reduce) that all of them still have data in this epoch; the first worker
+to run out ends the epoch for everyone, and the others drain what is left of their split so the
+next epoch starts cleanly. Without this, a worker whose frame-budget batches ran out first would
+wait for the next epoch while the others wait for it in a gradient all-reduce.
 
 Checkpoints (every `checkpoint.every` steps and at the stage's end) hold DeepSpeed's sharded
 state (`ds/`, one optimizer shard per rank, merged by Ray in storage), `state.json` and, at the
@@ -24,10 +25,13 @@ import contextlib
 import json
 import logging
 import pickle
+import queue
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +175,13 @@ def train_loop(config: dict[str, Any]) -> None:
     )  # fmt: skip
     rng = np.random.default_rng([cfg.seed, rank, epoch, step])
     shard = ray.train.get_dataset_shard("train")
-    batches = _lockstep(shard, space, stage, cfg, rng, counters, epoch)
+    timer = {"wait": 0.0, "epoch": float(epoch)}
+    batches = _lockstep(shard, space, stage, cfg, model_cfg, rng, counters, timer)
 
     def checkpoint(final: bool, metrics: dict[str, float]) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="dubforge-ckpt-"))
-        engine.save_checkpoint(str(tmp), tag=CKPT_TAG, client_state={"step": step, "epoch": epoch})
+        client_state = {"step": step, "epoch": int(timer["epoch"])}
+        engine.save_checkpoint(str(tmp), tag=CKPT_TAG, client_state=client_state)
         state = eng.consolidated_state(engine, cfg.deepspeed.zero_stage) if final else None
         if rank == 0:
             if state is not None:
@@ -184,7 +190,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 save_checkpoint(tmp / EXPORT, export, model_cfg, space, stage=stage.name,
                                 step=step, metrics=metrics)  # fmt: skip
             (tmp / STATE).write_text(json.dumps({"stage": stage.name, "step": step,
-                                                 "epoch": epoch, "final": final, **info,
+                                                 "epoch": int(timer["epoch"]), "final": final,
+                                                 **info,
                                                  "metrics": metrics}, indent=2))  # fmt: skip
         ray.train.report(
             {"step": step, "final": final, **metrics},
@@ -211,13 +218,10 @@ def train_loop(config: dict[str, Any]) -> None:
         t_step = time.perf_counter()
         eng.set_lr(engine.optimizer, eng.lr_at(step, stage))
         for _ in range(gas):
-            t0 = time.perf_counter()
-            items = next(batches)
-            records = [it.record for it in items]
-            batch = collate(records, space, tasks=[it.task for it in items], train=True,
-                            span_frac=model_cfg.loss.span_frac, seed=rng,
-                            activity_db=model_cfg.loss.activity_db).to(device)  # fmt: skip
-            window.wait += time.perf_counter() - t0
+            timer["wait"] = 0.0
+            items, batch = next(batches)
+            batch = batch.to(device)
+            window.wait += timer["wait"]
             with autocast:
                 losses = engine(batch)
             engine.backward(losses["loss"] + _touch(trainable, cfg.deepspeed.zero_stage))
@@ -230,7 +234,7 @@ def train_loop(config: dict[str, Any]) -> None:
             metrics = window.reduce(dist, world)
             metrics.update({"train/lr": eng.lr_at(step - 1, stage),
                             "train/grad_norm": float(grad_norm) if grad_norm is not None else
-                            float("nan"), "train/epoch": epoch})  # fmt: skip
+                            float("nan"), "train/epoch": timer["epoch"]})  # fmt: skip
             totals = _reduce_counters(dist, counters)
             metrics.update(totals)
             _check_bad(totals, cfg.data.max_bad_records)
@@ -310,39 +314,100 @@ def _check_bad(totals: dict[str, float], limit: float) -> None:
         )
 
 
+class _Prefetcher:
+    """Runs a worker's data path (its split's rows -> FrameBatcher -> collate) in a thread,
+    `depth` micro-batches ahead of the training step, epoch after epoch, with END after each
+    epoch. Collectives stay in the main thread."""
+
+    END = object()
+
+    def __init__(self, epoch: Callable[[], Iterator[Any]], depth: int = 2) -> None:
+        self._epoch = epoch
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dubforge-data", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for item in self._epoch():
+                    self._put(item)
+                    if self._stop.is_set():
+                        return
+                self._put(self.END)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the training thread
+            self._put(_Failed(e))
+
+    def get(self) -> Any:
+        item = self._queue.get()
+        if isinstance(item, _Failed):
+            raise RuntimeError(f"the data thread failed: {item.error!r}") from item.error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
 def _lockstep(
-    shard: Any, space: Any, stage: Stage, cfg: CurriculumConfig, rng: np.random.Generator,
-    counters: DataCounters, epoch: int,
-) -> Iterator[list[Item]]:  # fmt: skip
-    """Endless micro-batches over epochs, with epoch ends agreed by all workers."""
+    shard: Any, space: Any, stage: Stage, cfg: CurriculumConfig, model_cfg: ModelConfig,
+    rng: np.random.Generator, counters: DataCounters, timer: dict[str, float],
+) -> Iterator[tuple[list[Item], Any]]:  # fmt: skip
+    """Endless (items, collated batch) over epochs, with epoch ends agreed by all workers; the
+    time spent waiting for the data thread is added to timer["wait"]."""
     import torch.distributed as dist
 
-    while True:
+    def epoch() -> Iterator[tuple[list[Item], Any]]:
         batcher = FrameBatcher(space, stage.tasks, cfg.data, rng, counters)
         rows = iter_rows(shard.iter_batches(
             batch_size=16, batch_format="pandas", prefetch_batches=2,
             local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
         ))  # fmt: skip
-        gen = micro_batches(rows, batcher)
-        produced = 0
+        for items in micro_batches(rows, batcher):
+            batch = collate([it.record for it in items], space, tasks=[it.task for it in items],
+                            train=True, span_frac=model_cfg.loss.span_frac, seed=rng,
+                            activity_db=model_cfg.loss.activity_db)  # fmt: skip
+            yield items, batch
+
+    prefetch = _Prefetcher(epoch)
+    try:
         while True:
-            items = next(gen, None)
-            flag = torch.tensor([0 if items is None else 1])
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            if int(flag) == 0:
-                for _ in gen:  # drain this worker's rest of the epoch
-                    pass
-                break
-            produced += 1
-            yield items
-        if produced == 0:
-            raise RuntimeError(
-                f"stage {stage.name!r}: an epoch gave a worker no micro-batch; the stage's "
-                f"shards hold no record usable for tasks {list(stage.tasks)} "
-                f"(rows {counters.rows}, rejected {counters.bad_records}, "
-                f"no usable task {counters.no_task})"
-            )
-        epoch += 1
+            produced = 0
+            while True:
+                t0 = time.perf_counter()
+                item = prefetch.get()
+                timer["wait"] += time.perf_counter() - t0
+                flag = torch.tensor([0 if item is _Prefetcher.END else 1])
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                if int(flag) == 0:
+                    while item is not _Prefetcher.END:  # drain this worker's rest of the epoch
+                        item = prefetch.get()
+                    timer["epoch"] += 1
+                    break
+                produced += 1
+                yield item
+            if produced == 0:
+                raise RuntimeError(
+                    f"stage {stage.name!r}: an epoch gave a worker no micro-batch; the stage's "
+                    f"shards hold no record usable for tasks {list(stage.tasks)} "
+                    f"(rows {counters.rows}, rejected {counters.bad_records}, "
+                    f"no usable task {counters.no_task})"
+                )
+    finally:
+        prefetch.close()
 
 
 def _validate(
