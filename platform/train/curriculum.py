@@ -209,7 +209,8 @@ def run_stage(
 
     space = space_from_config(cfg.model.space)
     stem_keys = {"speech": space.array_key("speech"), "background": space.array_key("background")}
-    dataset = build_dataset(plan, stem_keys, space.frame_rate, cfg.data.max_bad_shards, cfg.seed)
+    dataset = build_dataset(plan, stem_keys, space.frame_rate, cfg.data.max_bad_shards, cfg.seed,
+                            tasks=list(stage.tasks))  # fmt: skip
     cache = Path(tempfile.mkdtemp(prefix="dubforge-val-"))
     try:
         validation = _validation_records(plan, cfg.tracking.validation_clips, cache)

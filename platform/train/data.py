@@ -36,7 +36,7 @@ from pyarrow import fs as pafs
 
 from dubforge.config import ConfigError
 from dubforge.ingest.records import SCHEMA_VERSION
-from dubforge.model.batch import TASK_STREAMS, Record, supported_tasks
+from dubforge.model.batch import TASK_STREAMS, VIDEO_TASKS, Record, supported_tasks
 from dubforge.storage import is_uri, resolve
 from dubforge.train.config import CurriculumConfig, DataSection, Stage
 
@@ -210,11 +210,25 @@ def _repeats(sources: list[SourcePlan]) -> list[SourcePlan]:
 # ---- Ray Data side ------------------------------------------------------------------------
 
 
+def usable_tasks(
+    arrays: Mapping[str, Any], stem_keys: Mapping[str, str], tasks: Iterable[str]
+) -> list[str]:
+    """The tasks among `tasks` a record's arrays can train (targets present, lips for video)."""
+    return [
+        t for t in tasks
+        if all(stem_keys[s] in arrays for s in TASK_STREAMS[t])
+        and ("lips" in arrays or t not in VIDEO_TASKS)
+    ]  # fmt: skip
+
+
 def decode_rows(
-    batch: Any, stem_keys: Mapping[str, str], frame_rate: float, repeat: float, seed: int | None
-) -> Any:
+    batch: Any, stem_keys: Mapping[str, str], frame_rate: float, repeat: float, seed: int | None,
+    tasks: Sequence[str] | None = None,
+) -> Any:  # fmt: skip
     """A pandas batch of raw WebDataset rows -> rows of (key, url, frames, meta, arrays, error),
-    each kept floor(repeat) times plus once more with probability repeat - floor(repeat)."""
+    each kept floor(repeat) times plus once more with probability repeat - floor(repeat).
+    With `tasks`, records that can train none of them are dropped here, before the split to
+    the workers (a speech-only shard in a V2A stage), so that every worker gets usable rows."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -223,6 +237,8 @@ def decode_rows(
         key, url = str(row.get("__key__", "")), str(row.get("__url__", ""))
         try:
             meta, arrays = _decode(row)
+            if tasks is not None and not usable_tasks(arrays, stem_keys, tasks):
+                continue
             frames = _frames(meta, arrays, stem_keys, frame_rate)
             item = {"key": key, "url": url, "frames": frames, "meta": json.dumps(meta),
                     "arrays": pickle.dumps(arrays, protocol=5), "error": ""}  # fmt: skip
@@ -265,9 +281,11 @@ def _frames(
 
 def build_dataset(
     plan: StagePlan, stem_keys: Mapping[str, str], frame_rate: float, max_bad_shards: float,
-    seed: int | None = None,
+    seed: int | None = None, tasks: Sequence[str] | None = None,
 ) -> Any:  # fmt: skip
-    """The stage's Ray Dataset of decoded rows (all sources, repeat factors applied)."""
+    """The stage's Ray Dataset of decoded rows (all sources, repeat factors applied, records
+    usable for `tasks` only), its blocks in random order so that every worker's split mixes
+    the sources."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -283,10 +301,12 @@ def build_dataset(
             ds.map_batches(
                 decode_rows, batch_format="pandas", batch_size=16,
                 fn_kwargs={"stem_keys": dict(stem_keys), "frame_rate": frame_rate,
-                           "repeat": src.repeat, "seed": None if seed is None else seed + i},
+                           "repeat": src.repeat, "seed": None if seed is None else seed + i,
+                           "tasks": list(tasks) if tasks is not None else None},
             )
         )  # fmt: skip
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return ds.randomize_block_order(seed=seed)
 
 
 # ---- worker side --------------------------------------------------------------------------

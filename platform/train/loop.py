@@ -401,10 +401,10 @@ def _lockstep(
                 yield item
             if produced == 0:
                 raise RuntimeError(
-                    f"stage {stage.name!r}: an epoch gave a worker no micro-batch; the stage's "
-                    f"shards hold no record usable for tasks {list(stage.tasks)} "
-                    f"(rows {counters.rows}, rejected {counters.bad_records}, "
-                    f"no usable task {counters.no_task})"
+                    f"stage {stage.name!r}: a worker's split of an epoch held no usable "
+                    f"micro-batch for tasks {list(stage.tasks)} (this worker: rows "
+                    f"{counters.rows}, rejected {counters.bad_records}, no usable task "
+                    f"{counters.no_task}); the stage needs more usable records than workers"
                 )
     finally:
         prefetch.close()

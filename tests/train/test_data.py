@@ -225,3 +225,12 @@ def test_tar_member_layout_matches_the_reader(train_shards):
     meta = json.load(io.BytesIO(tarfile.open(train_shards / "movies" / "clip-00000.tar")
                                 .extractfile(names[0]).read()))  # fmt: skip
     assert meta["schema_version"] == 1
+
+
+def test_records_without_a_stage_task_are_dropped_before_the_split():
+    rng = np.random.default_rng(4)
+    clips = [make_clip(f"m/{i:05d}", 1.0, "x", rng, video=i < 2) for i in range(5)]
+    df = pd.DataFrame([_rows(c) for c in clips])
+    out = decode_rows(df, STEMS, 100.0, 1.0, 0, tasks=["v2a"])
+    assert list(out["key"]) == ["m/00000", "m/00001"]  # speech-only clips cannot train v2a
+    assert len(decode_rows(df, STEMS, 100.0, 1.0, 0, tasks=["v2a", "tts"])) == 5
