@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dubforge.model.batch import TASK_STREAMS, Record, collate, to_waves
+from dubforge.model.batch import TASK_STREAMS, TASKS, Record, collate, to_waves
 from dubforge.model.checkpoint import save_checkpoint
 from dubforge.model.config import ModelConfig
 from dubforge.model.presets import build_model, sampler_kwargs, space_from_config
@@ -281,10 +281,13 @@ class _Window:
             self.tasks[it.task] = self.tasks.get(it.task, 0) + 1
 
     def reduce(self, dist: Any, world: int) -> dict[str, float]:
+        """Sums over all workers (every worker must call it)."""
         v = torch.tensor([self.loss, self.cfm, self.dur, self.micro, self.samples, self.frames,
-                          self.wait, self.seconds], dtype=torch.float64)  # fmt: skip
+                          self.wait, self.seconds, *(self.tasks.get(t, 0) for t in TASKS)],
+                         dtype=torch.float64)  # fmt: skip
         dist.all_reduce(v)
-        loss, cfm, dur, micro, samples, frames, wait, seconds = v.tolist()
+        loss, cfm, dur, micro, samples, frames, wait, seconds = v.tolist()[:8]
+        tasks = dict(zip(TASKS, v.tolist()[8:], strict=True))
         wall = seconds / world  # each worker's wall time of the window, averaged
         return {
             "train/loss": loss / micro,
@@ -294,7 +297,7 @@ class _Window:
             "train/frames_per_s": frames / wall,
             "train/data_wait_frac": wait / seconds,
             "train/samples": samples,
-            **{f"tasks/{k}": float(n) for k, n in self.tasks.items()},
+            **{f"tasks/{k}": n for k, n in tasks.items() if n},
         }
 
 
