@@ -54,6 +54,17 @@ def run_cmd(
     raise typer.Exit(_run(cfg))
 
 
+def _run_kind(job: Path, overrides: list[str] | None, kind: str, command: str) -> None:
+    """Load a job YAML that must be a `kind` job and run it (`dubforge <command>`)."""
+    try:
+        cfg = load_job(job, overrides or [])
+    except ConfigError as e:
+        _fail(e)
+    if cfg.job != kind:
+        _fail(ConfigError(f"{job} is a `{cfg.job}` job; `dubforge {command}` runs {kind} jobs"))
+    raise typer.Exit(_run(cfg))
+
+
 def _run(cfg: object) -> int:
     """Run a validated job; a ConfigError found while preparing it (e.g. shards that do not
     exist) exits with code 2 like a config that does not validate."""
@@ -97,13 +108,7 @@ def ingest(
     overrides: Overrides = None,
 ) -> None:
     """Ingest movies and speech corpora into WebDataset shards + manifest (Ray Data)."""
-    try:
-        cfg = load_job(job, overrides or [])
-    except ConfigError as e:
-        _fail(e)
-    if cfg.job != "ingest":
-        _fail(ConfigError(f"{job} is a `{cfg.job}` job; `dubforge ingest` runs ingest jobs"))
-    raise typer.Exit(_run(cfg))
+    _run_kind(job, overrides, "ingest", "ingest")
 
 
 @app.command()
@@ -112,13 +117,7 @@ def train(
     overrides: Overrides = None,
 ) -> None:
     """Train the dubber through a curriculum of stages (Ray Train + DeepSpeed, MLflow)."""
-    try:
-        cfg = load_job(job, overrides or [])
-    except ConfigError as e:
-        _fail(e)
-    if cfg.job != "curriculum":
-        _fail(ConfigError(f"{job} is a `{cfg.job}` job; `dubforge train` runs curriculum jobs"))
-    raise typer.Exit(_run(cfg))
+    _run_kind(job, overrides, "curriculum", "train")
 
 
 @app.command("random-codec")

@@ -97,7 +97,12 @@ def split_row(row: Mapping[str, Any]) -> Record:
 
 def supported_tasks(arrays: Mapping[str, np.ndarray], space: AcousticSpace) -> list[str]:
     """Tasks a record can train: each needs its stems in this space, video tasks need lips."""
-    has = {stem: space.has(dict(arrays), stem) for stem in STREAMS}
+    return tasks_for_keys(arrays, {stem: space.array_key(stem) for stem in STREAMS})
+
+
+def tasks_for_keys(arrays: Mapping[str, Any], stem_keys: Mapping[str, str]) -> list[str]:
+    """`supported_tasks` given each stem's array name (no space object needed)."""
+    has = {stem: stem_keys[stem] in arrays for stem in STREAMS}
     video = "lips" in arrays
     return [
         t for t in TASKS

@@ -22,6 +22,7 @@ starts from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import shutil
@@ -302,7 +303,7 @@ def main(cfg: CurriculumConfig) -> int:
                 tries = _attempts(root, stage.name)
                 fresh = stage.name in explicit or not tries
                 attempt = (tries[-1] + 1 if tries else 1) if fresh else tries[-1]
-                with _local_copy(init) if init else _nothing() as init_local:
+                with _local_copy(init) if init else contextlib.nullcontext() as init_local:
                     entry = run_stage(cfg, stage, plans[stage.name], tracking, root,
                                       str(init_local) if init_local else None, attempt)  # fmt: skip
                 entry["init"] = init
@@ -319,11 +320,6 @@ def main(cfg: CurriculumConfig) -> int:
         tracking.finish(tracking.parent, ok)
         _write_summary(root, summary)
     return 0
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
 
 
 def _line(entry: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ from pyarrow import fs as pafs
 
 from dubforge.config import ConfigError
 from dubforge.ingest.records import SCHEMA_VERSION
-from dubforge.model.batch import TASK_STREAMS, VIDEO_TASKS, Record, supported_tasks
+from dubforge.model.batch import TASK_STREAMS, Record, supported_tasks, tasks_for_keys
 from dubforge.storage import is_uri, resolve
 from dubforge.train.config import CurriculumConfig, DataSection, Stage
 
@@ -108,7 +108,7 @@ def expand(pattern: str) -> list[str]:
         if f.type != pafs.FileType.File or not f.path.endswith(".tar"):
             continue
         rel = f.path[len(base_path) :].lstrip("/")
-        if fnmatch.fnmatch(rel, rel_glob) or (rel_glob == "**.tar"):
+        if fnmatch.fnmatch(rel, rel_glob):
             out.append(_uri(filesystem, f.path, pattern))
     return sorted(out)
 
@@ -214,11 +214,8 @@ def usable_tasks(
     arrays: Mapping[str, Any], stem_keys: Mapping[str, str], tasks: Iterable[str]
 ) -> list[str]:
     """The tasks among `tasks` a record's arrays can train (targets present, lips for video)."""
-    return [
-        t for t in tasks
-        if all(stem_keys[s] in arrays for s in TASK_STREAMS[t])
-        and ("lips" in arrays or t not in VIDEO_TASKS)
-    ]  # fmt: skip
+    supported = tasks_for_keys(arrays, stem_keys)
+    return [t for t in tasks if t in supported]
 
 
 def decode_rows(
