@@ -449,7 +449,3 @@ def crop(record: Record, space: Any, max_frames: int, rng: np.random.Generator) 
     meta = {**meta, "start": float(meta["start"]) + start,
             "end": float(meta["start"]) + start + dur}  # fmt: skip
     return meta, out
-
-
-def records_of(items: Sequence[Item]) -> tuple[list[Record], list[str]]:
-    return [it.record for it in items], [it.task for it in items]
