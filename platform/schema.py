@@ -23,7 +23,7 @@ SCHEMA_VERSION = 2
 FPS = 25  # video frames per second of every record's lips (and of faces at face_fps 25)
 
 SPLITS = ("train", "val", "test")
-KINDS = ("movie", "speech")
+KINDS = ("movie", "audio", "speech")  # audio: audio-only media (no video arrays)
 STREAMS = ("speech", "background")  # stream index = position
 STEM_PREFIX = {"speech": "speech", "background": "bg"}  # stem -> array key prefix
 

@@ -29,6 +29,7 @@ summary), samples/<name>.gen|ref[.bg].wav|png for the first `samples` records.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import re
@@ -49,7 +50,6 @@ from dubforge.eval.results import MetricResult, not_available
 from dubforge.eval.syncnet import lse_metrics
 from dubforge.ingest.decode import decode_audio
 from dubforge.ingest.probe import MediaError
-from dubforge.ingest.records import SCHEMA_VERSION
 from dubforge.ingest.shards import read_shard
 from dubforge.model.batch import collate, supported_tasks, to_waves
 from dubforge.model.checkpoint import load_checkpoint, load_space
@@ -57,17 +57,17 @@ from dubforge.model.dubber import Dubber
 from dubforge.model.flow import Guidance
 from dubforge.model.presets import sampler_kwargs
 from dubforge.model.spaces import AcousticSpace
+from dubforge.schema import FPS, ClipRecord, SchemaError
 
 EVAL_TASKS = ("v2st", "v2s", "tts")  # most conditioned first; each generates speech
 STEM_EXTS = (".wav", ".flac")  # delivered stems, as dubforge.ingest.discover finds them
-FPS = 25.0  # lips (and faces at face_fps 25) in records
 
 
 @dataclass(frozen=True)
 class Item:
     """One record to evaluate: its metadata and arrays, the chosen task, a file-safe name."""
 
-    meta: Mapping[str, Any]
+    meta: ClipRecord
     arrays: Mapping[str, np.ndarray]
     task: str
     name: str
@@ -92,12 +92,10 @@ def shard_paths(shards: str | Path) -> list[Path]:
 
 
 def choose_task(
-    meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], space: AcousticSpace,
+    meta: ClipRecord, arrays: Mapping[str, np.ndarray], space: AcousticSpace,
     allowed: tuple[str, ...],
 ) -> tuple[str, str]:  # fmt: skip
     """(task, "") for an evaluable record, else ("", the reason it is skipped)."""
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        return "", f"schema_version {meta.get('schema_version')!r}; this reads {SCHEMA_VERSION}"
     if not space.has(dict(arrays), "speech"):
         return "", f"no {space.array_key('speech')!r} array for the reference voice"
     options = set(supported_tasks(arrays, space)) & set(allowed)
@@ -115,12 +113,17 @@ def read_items(
         for s in read_shard(path):
             if len(items) >= limit:
                 return items, skipped
-            task, reason = choose_task(s.meta, s.arrays, space, allowed)
+            try:
+                record = ClipRecord.from_dict(s.meta)
+            except SchemaError as e:
+                skipped.append({"key": s.key, "shard": path.name, "reason": str(e)})
+                continue
+            task, reason = choose_task(record, s.arrays, space, allowed)
             if reason:
                 skipped.append({"key": s.key, "shard": path.name, "reason": reason})
             else:
                 name = _file_name(s.key, {it.name for it in items})
-                items.append(Item(s.meta, s.arrays, task, name))
+                items.append(Item(record, s.arrays, task, name))
     return items, skipped
 
 
@@ -141,12 +144,12 @@ def _local_file(uri: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def _speech_file(meta: Mapping[str, Any]) -> tuple[Path | None, str]:
+def _speech_file(meta: ClipRecord) -> tuple[Path | None, str]:
     """The local file holding the record's clean speech, with its origin label, if any."""
-    source = _local_file(meta.get("source"))
-    if source is not None and meta.get("kind") == "speech":
+    source = _local_file(meta.source)
+    if source is not None and meta.kind == "speech":
         return source, "source"
-    if source is not None and meta.get("kind") == "movie":
+    if source is not None and meta.kind == "movie":
         for ext in STEM_EXTS:
             stem = source.with_name(f"{source.stem}.dialogue{ext}")
             if stem.is_file():
@@ -155,12 +158,12 @@ def _speech_file(meta: Mapping[str, Any]) -> tuple[Path | None, str]:
 
 
 def reference_speech(
-    meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], space: AcousticSpace
+    meta: ClipRecord, arrays: Mapping[str, np.ndarray], space: AcousticSpace
 ) -> tuple[np.ndarray, str]:
     """(reference speech at the space's rate, its origin); see the module docstring. A file
     that fails to decode falls back to the latents, and the origin says why."""
     path, origin = _speech_file(meta)
-    start, seconds = float(meta["start"]), float(meta["end"]) - float(meta["start"])
+    start, seconds = meta.start, meta.duration
     if path is not None:
         try:
             return decode_audio(path, start, seconds, space.sample_rate), origin
@@ -186,7 +189,8 @@ def generate(
             for it in chunk
         ]
         recs = [
-            ({**it.meta, "ref_frames": r}, it.arrays) for it, r in zip(chunk, refs, strict=True)
+            (dataclasses.replace(it.meta, ref_frames=r), it.arrays)
+            for it, r in zip(chunk, refs, strict=True)
         ]
         batch = collate(recs, space, tasks=[it.task for it in chunk], train=False)
         with torch.no_grad():
@@ -208,9 +212,9 @@ def _video_metrics(
     reason = ""
     if ev.syncnet is not None and face is None:
         reason = f"record has no face crops (task {item.task})"
-    elif ev.syncnet is not None and item.meta.get("face_fps") != FPS:
+    elif ev.syncnet is not None and item.meta.face_fps != FPS:
         reason = (
-            f"record has face crops at {item.meta.get('face_fps')} fps; LSE needs 25 fps face "
+            f"record has face crops at {item.meta.face_fps} fps; LSE needs 25 fps face "
             "tracks (ingest with faces.face_fps=25)"
         )
     if reason:
@@ -238,7 +242,7 @@ def score(
     if len(g) < sr // 10:
         return {k: not_available(k, "generated part shorter than 0.1 s") for k in METRICS}
     # video metrics apart: AV-Align and LSE read different frames of the record
-    out = ev(g, r, sr, text=item.meta.get("text") or None)
+    out = ev(g, r, sr, text=item.meta.text or None)
     return {**out, **_video_metrics(ev, g, sr, item, first_frame)}
 
 
@@ -278,7 +282,7 @@ def _score_items(
         metrics = score(ev, item, waves["speech"], ref, sr, ref_frames * hop, first_frame)
         rows.append({"sample": item.name, **metrics})
         infos.append({
-            "sample": item.name, "key": item.meta.get("key"), "task": item.task,
+            "sample": item.name, "key": item.meta.key, "task": item.task,
             "reference": origin, "seconds": len(waves["speech"]) / sr,
             "scored_from_s": ref_frames * hop / sr,
         })  # fmt: skip

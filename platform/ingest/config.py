@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dubforge.config import JobConfig
-from dubforge.ingest.energy import TASK_STEMS
+from dubforge.schema import MEL_PROFILES, SPLITS, TASK_STREAMS, VIDEO_TASKS
 
 
 class _Section(BaseModel):
@@ -50,9 +50,57 @@ class FacesSection(_Section):
 class CodecSection(_Section):
     name_or_path: str = Field(..., description="transformers codec: local folder or name")
     bandwidth: float | None = Field(6.0, description="EnCodec target kbps (8 codebooks at 6)")
-    mel: bool = Field(False, description="also store 100-bin log-mel per stem (24 kHz)")
+    mel: str | None = Field(
+        None,
+        description=f"also store log-mel per stem in this vocoder profile ({sorted(MEL_PROFILES)})",
+    )
     actors: int = Field(1, ge=1)
     num_gpus: float = Field(0.0, ge=0)
+
+    @field_validator("mel")
+    @classmethod
+    def _known_profile(cls, v: str | None) -> str | None:
+        if v is not None and v not in MEL_PROFILES:
+            raise ValueError(f"unknown mel profile {v!r}; choose from {sorted(MEL_PROFILES)}")
+        return v
+
+
+class TimeoutSection(_Section):
+    """Limits on every external process (ffprobe, ffmpeg): past them the input or clip is
+    rejected as `timeout` instead of hanging the job."""
+
+    probe: float = Field(30.0, gt=0, description="seconds for ffprobe of one file")
+    decode: float = Field(60.0, gt=0, description="seconds for one decode, plus the next")
+    decode_per_second: float = Field(
+        1.0, ge=0, description="extra decode seconds per second of media"
+    )
+
+
+class SplitSection(_Section):
+    """Held-out splits by a hash of each movie id / speech speaker (see ingest/split.py)."""
+
+    fractions: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.9, "val": 0.05, "test": 0.05}
+    )
+    pinned: dict[str, list[str]] = Field(
+        default_factory=dict, description="split -> movie ids or speaker names always put there"
+    )
+    salt: str = Field("", description="changes every assignment at once (a new shuffle)")
+
+    @field_validator("fractions", "pinned")
+    @classmethod
+    def _known_splits(cls, v: dict) -> dict:
+        unknown = [k for k in v if k not in SPLITS]
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; splits are {list(SPLITS)}")
+        return v
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(f < 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must be >= 0 and sum to 1, got {v}")
+        return v
 
 
 class ShardSection(_Section):
@@ -69,13 +117,24 @@ class IngestConfig(JobConfig):
     input: list[str] = Field(..., description="input roots, comma-separated (folders or URIs)")
     output: str = Field(..., description="output folder")
     movie_tasks: tuple[str, ...] = Field(("v2st",), description="tasks movie clips serve")
-    speech_tasks: tuple[str, ...] = Field(("tts",), description="tasks speech clips serve")
+    speech_tasks: tuple[str, ...] = Field(
+        ("tts",), description="tasks clips of speech corpora and audio-only media serve"
+    )
     energy_threshold_db: float = Field(-40.0, le=0)
     segment: SegmentSection = SegmentSection()
     separator: SeparatorSection = SeparatorSection()
     faces: FacesSection = FacesSection()
     codec: CodecSection
     shards: ShardSection = ShardSection()
+    timeouts: TimeoutSection = TimeoutSection()
+    split: SplitSection = SplitSection()
+    max_error_fraction: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="stop the job when more than this fraction of units fail with unexpected "
+        "errors (a bug, not bad media)",
+    )
     speech_unit: int = Field(64, ge=1, description="speech utterances per unit of work")
     num_cpus: int | None = Field(
         None, ge=1, description="CPUs of a local Ray (None: the machine's, at least 4)"
@@ -107,7 +166,15 @@ class IngestConfig(JobConfig):
     @field_validator("movie_tasks", "speech_tasks")
     @classmethod
     def _known_tasks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [t for t in v if t not in TASK_STEMS]
+        unknown = [t for t in v if t not in TASK_STREAMS]
         if unknown or not v:
-            raise ValueError(f"tasks must be a non-empty list from {sorted(TASK_STEMS)}")
+            raise ValueError(f"tasks must be a non-empty list from {sorted(TASK_STREAMS)}")
+        return v
+
+    @field_validator("speech_tasks")
+    @classmethod
+    def _no_video(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        video = [t for t in v if t in VIDEO_TASKS]
+        if video:
+            raise ValueError(f"speech and audio-only clips have no video: {video} need it")
         return v

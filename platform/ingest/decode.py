@@ -6,14 +6,12 @@ from there) and reads just the clip's span; a movie is never decoded whole per c
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from dubforge.ingest.probe import MediaError
-
-FPS = 25
+from dubforge.ingest.probe import MediaError, run_tool
+from dubforge.schema import FPS
 
 # shape key: n = samples, f = video frames
 
@@ -23,10 +21,7 @@ def _run(cmd: list[str], what: str, timeout: float, path: str | Path) -> bytes:
         raise MediaError(
             "missing_file", f"{path} does not exist (moved or deleted during the run?)"
         )
-    try:
-        out = subprocess.run(cmd, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise MediaError("decode_timeout", f"decoding {what} took over {timeout:.0f} s") from None
+    out = run_tool(cmd, f"decoding {what}", timeout)
     if out.returncode != 0:
         tail = out.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
         raise MediaError("decode_error", f"{what}: {tail[0][-300:]}")
@@ -34,17 +29,23 @@ def _run(cmd: list[str], what: str, timeout: float, path: str | Path) -> bytes:
 
 
 def decode_audio(
-    path: str | Path, start: float, duration: float, sample_rate: int, stream: int = 0
+    path: str | Path,
+    start: float,
+    duration: float,
+    sample_rate: int,
+    stream: int = 0,
+    timeout: float = 60.0,
 ) -> np.ndarray:
     """Audio of [start, start + duration) merged to mono (all channels averaged, as DualDub
-    merges multi-channel audio before separation); float32 [round(duration * sample_rate)]."""
+    merges multi-channel audio before separation); float32 [round(duration * sample_rate)].
+    ffmpeg gets `timeout` + `duration` seconds, then MediaError("timeout")."""
     n = int(round(duration * sample_rate))
     cmd = [
         "ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-t", f"{duration:.3f}",
         "-i", str(path), "-map", f"0:a:{stream}", "-ac", "1", "-ar", str(sample_rate),
         "-f", "f32le", "-",
     ]  # fmt: skip
-    wave = np.frombuffer(_run(cmd, f"audio of {path}", 60 + duration, path), np.float32)
+    wave = np.frombuffer(_run(cmd, f"audio of {path}", timeout + duration, path), np.float32)
     # the decoder may return a few samples more or less than asked; the span is the contract
     out = np.zeros(n, np.float32)
     out[: min(n, len(wave))] = wave[:n]
@@ -52,7 +53,13 @@ def decode_audio(
 
 
 def decode_video(
-    path: str | Path, start: float, duration: float, width: int, height: int, max_side: int = 0
+    path: str | Path,
+    start: float,
+    duration: float,
+    width: int,
+    height: int,
+    max_side: int = 0,
+    timeout: float = 60.0,
 ) -> np.ndarray:
     """Frames of [start, start + duration) resampled to 25 fps, RGB uint8 [f, h, w, 3] with
     f = round(duration * 25). With `max_side`, frames are scaled down (aspect kept, even sides)
@@ -68,7 +75,7 @@ def decode_video(
         "ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start:.3f}", "-t", f"{duration:.3f}",
         "-i", str(path), "-map", "0:v:0", "-vf", vf, "-pix_fmt", "rgb24", "-f", "rawvideo", "-",
     ]  # fmt: skip
-    raw = _run(cmd, f"video of {path}", 60 + 4 * duration, path)
+    raw = _run(cmd, f"video of {path}", timeout + 4 * duration, path)
     frames = np.frombuffer(raw, np.uint8)
     got = len(frames) // (w * h * 3)
     frames = frames[: got * w * h * 3].reshape(got, h, w, 3)

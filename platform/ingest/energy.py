@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# which stems a target task needs (DESIGN.md "Model": tasks)
-TASK_STEMS = {
-    "tts": ("speech",),
-    "v2s": ("speech",),
-    "v2a": ("background",),
-    "v2st": ("speech", "background"),
-}
+from dubforge.schema import TASK_STREAMS as TASK_STEMS  # a task needs the stems it generates
 
 
 def rms_db(wave: np.ndarray) -> float:

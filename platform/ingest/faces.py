@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import correlate1d, uniform_filter1d
 
-FPS = 25
+from dubforge.schema import FPS
 
 # MediaPipe face-mesh landmark indices (canonical face model; the lip set is FACEMESH_LIPS).
 # Inner-lip pairs (upper, lower) at the middle and under each nostril: their mean gap is the

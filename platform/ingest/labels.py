@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dubforge.ingest.records import SCENE_TYPES
+from dubforge.schema import SCENE_TYPES
 
 FIELDS = ("scene_type", "speaker_id", "gender", "age", "emotion")
 

@@ -7,14 +7,19 @@ with `-xerror` and compares the decoded length with the probed duration.
 
 from __future__ import annotations
 
+import json
+import stat
 import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import ffmpeg
-
 from dubforge.ingest.records import Rejection
+
+# demuxers that accept files that are no audio or video: text (as ANSI art) and still images
+_NOT_MEDIA_FORMATS = frozenset(
+    "tty image2 png_pipe jpeg_pipe bmp_pipe gif_pipe webp_pipe svg_pipe tiff_pipe".split()
+)
 
 
 class MediaError(Rejection):
@@ -45,6 +50,9 @@ class ProbeLimits:
     max_aspect: float = 5.0
     min_duration: float = 0.5
     decode_tolerance: float = 0.25  # seconds the decoded audio may fall short of the probe
+    probe_timeout: float = 30.0  # seconds for ffprobe; a hung input (FIFO, stalled mount) ends
+    decode_timeout: float = 60.0  # seconds for a full decode, plus decode_per_second x duration
+    decode_per_second: float = 1.0
 
 
 def _last_line(text: str) -> str:
@@ -52,19 +60,37 @@ def _last_line(text: str) -> str:
     return lines[-1][-300:] if lines else ""
 
 
-def probe(path: str | Path, timeout: float = 60.0) -> MediaInfo:
-    """ffprobe a local file; raises MediaError("empty_file" | "not_media" | "missing_file")."""
-    p = Path(path)
-    if not p.exists():
-        raise MediaError("missing_file", f"{p} does not exist (moved or deleted during the run?)")
-    if p.stat().st_size == 0:
-        raise MediaError("empty_file", f"{p} has zero bytes")
+def run_tool(cmd: list[str], what: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run ffmpeg/ffprobe with a time limit; past it the process is killed (not left blocked
+    on a FIFO or a stalled mount) and MediaError("timeout") is raised."""
     try:
-        info = ffmpeg.probe(str(p), timeout=timeout)
-    except ffmpeg.Error as e:
-        raise MediaError("not_media", _last_line(e.stderr.decode("utf-8", "replace"))) from None
+        return subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise MediaError("probe_timeout", f"ffprobe took over {timeout:.0f} s") from None
+        raise MediaError("timeout", f"{what} took over {timeout:g} s (hung input?)") from None
+
+
+def probe(path: str | Path, timeout: float = 30.0) -> MediaInfo:
+    """ffprobe a local file; raises MediaError("empty_file" | "not_media" | "missing_file" |
+    "timeout")."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise MediaError(
+            "missing_file", f"{p}: {e.strerror} (moved or deleted during the run?)"
+        ) from None
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+        raise MediaError("empty_file", f"{p} has zero bytes")
+    cmd = ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams"]
+    out = run_tool([*cmd, str(p)], f"ffprobe of {p.name}", timeout)
+    if out.returncode != 0:
+        raise MediaError("not_media", _last_line(out.stderr.decode("utf-8", "replace")))
+    try:
+        info = json.loads(out.stdout)
+    except ValueError:
+        raise MediaError("not_media", "ffprobe printed no readable description") from None
+    if info.get("format", {}).get("format_name", "") in _NOT_MEDIA_FORMATS:
+        raise MediaError("not_media", f"ffprobe reads it as {info['format']['format_name']!r}")
     streams = info.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover(s)), None)
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
@@ -126,7 +152,8 @@ def verify_decode(path: str | Path, info: MediaInfo, limits: ProbeLimits) -> flo
         "ffmpeg", "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-map", "0:a:0",
         "-ac", "1", "-ar", str(rate), "-f", "s16le", "-",
     ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, timeout=max(60.0, info.duration))
+    timeout = limits.decode_timeout + limits.decode_per_second * info.duration
+    out = run_tool(cmd, f"decoding {Path(path).name}", timeout)
     decoded = len(out.stdout) / 2 / rate
     if out.returncode != 0 and decoded < info.duration - limits.decode_tolerance:
         detail = _last_line(out.stderr.decode("utf-8", "replace"))

@@ -2,7 +2,8 @@
 
 Times are seconds from the start of the source media. Records are frozen; change them with
 `dataclasses.replace`. Every record carries `SCHEMA_VERSION`, and `from_dict` refuses versions it
-does not know, so a reader never silently misreads a newer writer's output.
+does not know, so a reader never silently misreads a newer writer's output. The clip record that
+leaves ingest (the shard JSON) is `dubforge.schema.ClipRecord`; these are ingest's own.
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+from dubforge.schema import SCHEMA_VERSION, SPLITS, SchemaError
+
 STATUSES = ("accepted", "rejected")
-SCENE_TYPES = ("dialogue", "monologue", "narration", "unknown")
+# what a manifest row stands for: a file that is no input (sidecar, orphan, not media), an
+# input (one row per media file), a clip, or a subtitle cue that made no clip
+ROW_TYPES = ("file", "input", "clip", "cue")
+INPUT_KINDS = ("movie", "audio", "speech", "unknown")
 
 
 class Rejection(ValueError):
@@ -23,10 +28,6 @@ class Rejection(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-class SchemaError(ValueError):
-    """A record written by an unknown schema version, or missing required fields."""
 
 
 def _check_version(d: dict[str, Any], kind: str) -> None:
@@ -55,10 +56,12 @@ def _from_dict(cls: type, d: dict[str, Any], kind: str) -> Any:
 
 @dataclass(frozen=True)
 class MediaInput:
-    """One discovered input: a movie with its sidecars, or one utterance of a speech corpus."""
+    """One discovered input: a movie with its sidecars, audio-only media with subtitles or a
+    transcript, one utterance of a speech corpus, or a file of unknown type that the probe
+    classifies (`kind` "unknown" until then)."""
 
     uri: str
-    kind: str  # "movie" | "speech"
+    kind: str  # INPUT_KINDS
     size: int
     subtitles: str | None = None
     labels: str | None = None
@@ -66,6 +69,18 @@ class MediaInput:
     transcript: str | None = None  # speech corpora: the utterance's text
     speaker: str | None = None
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUT_KINDS:
+            raise ValueError(f"input kind must be one of {INPUT_KINDS}, not {self.kind!r}")
+
+    @property
+    def split_id(self) -> str:
+        """What the split is decided by: the speaker of a speech-corpus utterance (no speaker's
+        voice in two splits), else the movie (every clip of a movie in one split)."""
+        if self.kind == "speech":
+            return f"speaker:{self.speaker or 'unknown'}"
+        return f"movie:{self.input_id}"
 
     @property
     def input_id(self) -> str:
@@ -140,8 +155,12 @@ def clip_key(input_id: str, clip_no: int) -> str:
 
 @dataclass(frozen=True)
 class ManifestRow:
-    """One row of manifest.parquet: an input (clip_no = -1) or a clip, accepted or rejected."""
+    """One row of manifest.parquet. `row_type` "file" and "input" rows stand for one file each
+    (`input_uri`), so every file under an input root has exactly one such row; "clip" rows
+    (clip_no >= 0) and "cue" rows (subtitle cues that made no clip, clip_no = -1) belong to an
+    input. Input rows span the whole input (start 0, end = its duration)."""
 
+    row_type: str
     input_uri: str
     input_id: str
     clip_no: int
@@ -151,13 +170,19 @@ class ManifestRow:
     shard: str = ""
     start: float = 0.0
     end: float = 0.0
+    split: str = ""
+    kind: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        if self.row_type not in ROW_TYPES:
+            raise ValueError(f"row_type must be one of {ROW_TYPES}, not {self.row_type!r}")
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
         if self.status == "rejected" and not self.reason:
             raise ValueError("a rejected row needs a reason")
+        if self.split and self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {self.split!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,5 +1,7 @@
-"""WebDataset shards: size-bounded tar files with each sample's members contiguous, an index per
-shard, and a reader that refuses what Ray Data would silently misread.
+"""WebDataset shards: size-bounded tar files written by webdataset's own `TarWriter` (the
+format's reference writer), each sample's members contiguous, an index per shard (sample keys
+and offsets, sample count, byte size, sha256), and a reader that refuses what Ray Data would
+silently misread.
 
 Member names are `<key>.<field>` where the key is `<input_id>/<clip_no>` and holds no dot (Ray
 Data's reader cuts the key at the first dot: `a.b0` and `a.b1` would merge into one sample) and
@@ -9,6 +11,7 @@ back to back: Ray Data silently corrupts rows whose keys are interleaved (ray-pr
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from webdataset import TarWriter
 
 
 class ShardError(ValueError):
@@ -44,10 +48,12 @@ class Sample:
         return out
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed mtime: same input, same bytes
-    tar.addfile(info, io.BytesIO(data))
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class ShardWriter:
@@ -59,7 +65,7 @@ class ShardWriter:
         self.folder, self.prefix = folder, prefix
         self.max_bytes, self.max_samples = max_bytes, max_samples
         self.done: list[str] = []
-        self._tar: tarfile.TarFile | None = None
+        self._tar: TarWriter | None = None
         self._index: list[dict[str, Any]] = []
         self._bytes = 0
         folder.mkdir(parents=True, exist_ok=True)
@@ -76,11 +82,20 @@ class ShardWriter:
         if self._tar is not None and self._index and full:
             self._finish()
         if self._tar is None:
-            self._tar = tarfile.open(self.folder / (self.current + ".tmp"), "w")
-        offset = self._tar.offset
-        for name, data in members:
-            _add(self._tar, name, data)
-        self._index.append({"key": sample.key, "offset": offset, "size": self._tar.offset - offset})
+            # fixed mtime and owner: the same input gives the same bytes
+            self._tar = TarWriter(
+                str(self.folder / (self.current + ".tmp")),
+                encoder=False,
+                mtime=0,
+                mode=0o644,
+                user="",
+                group="",
+            )
+        offset = self._tar.tarstream.offset
+        fields = {name.removeprefix(sample.key + "."): data for name, data in members}
+        self._tar.write({"__key__": sample.key, **fields})
+        end = self._tar.tarstream.offset
+        self._index.append({"key": sample.key, "offset": offset, "size": end - offset})
         self._bytes += size
         return self.current
 
@@ -88,10 +103,13 @@ class ShardWriter:
         assert self._tar is not None
         self._tar.close()
         name = self.current
+        tmp = self.folder / (name + ".tmp")
         index = {
             "shard": name,
             "samples": self._index,
-            "bytes": (self.folder / (name + ".tmp")).stat().st_size,
+            "count": len(self._index),
+            "bytes": tmp.stat().st_size,
+            "sha256": sha256_file(tmp),
         }
         (self.folder / (name.removesuffix(".tar") + ".index.json")).write_text(json.dumps(index))
         os.replace(self.folder / (name + ".tmp"), self.folder / name)

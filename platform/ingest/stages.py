@@ -4,22 +4,28 @@ A row is a dict whose keys differ from stage to stage and from clip to clip (a r
 carries no arrays), so it travels pickled: Ray Data would otherwise turn it into an Arrow struct
 column and fail to concatenate blocks whose structs differ.
 
-Each stage passes rejected and input-level rows through untouched, works on pending clip rows,
-and turns a failure on one clip into that row's recorded rejection, never a crashed run. Stages
+Each stage passes rejected and input-level rows through untouched, works on pending clip rows
+through `guarded`, and turns any failure on one clip into that row's recorded rejection, never
+a crashed run. Stages
 that hold a model are classes: Ray builds them once per actor in an actor pool.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from dubforge import storage
 from dubforge.ingest.config import IngestConfig
-from dubforge.ingest.decode import FPS, decode_audio, decode_video
+from dubforge.ingest.decode import decode_audio, decode_video
 from dubforge.ingest.energy import judge, required_stems
+from dubforge.ingest.plan import INPUT_CACHE, unexpected
 from dubforge.ingest.probe import MediaError
+from dubforge.ingest.records import Rejection
+from dubforge.schema import FPS, mel_profile
 
 Batch = dict[str, np.ndarray]
 
@@ -32,14 +38,20 @@ def unpack(data: bytes) -> dict[str, Any]:
     return pickle.loads(data)
 
 
-def _rows(batch: Batch) -> list[dict[str, Any]]:
+def rows_of(batch: Batch) -> list[dict[str, Any]]:
+    """The rows of a batch."""
     return [unpack(r) for r in batch["row"]]
 
 
-def _batch(rows: list[dict[str, Any]]) -> Batch:
-    out = np.empty(len(rows), dtype=object)
-    out[:] = [pack(r) for r in rows]
+def batch_of(packed: list[bytes]) -> Batch:
+    """A batch of packed rows."""
+    out = np.empty(len(packed), dtype=object)
+    out[:] = packed
     return {"row": out}
+
+
+def _batch(rows: list[dict[str, Any]]) -> Batch:
+    return batch_of([pack(r) for r in rows])
 
 
 def _pending(row: dict[str, Any]) -> bool:
@@ -49,13 +61,37 @@ def _pending(row: dict[str, Any]) -> bool:
 def _fail(row: dict[str, Any], reason: str, detail: str) -> dict[str, Any]:
     for key in ("audio", "speech", "background", "frames"):
         row.pop(key, None)
-    return {**row, "status": "rejected", "reason": reason, "detail": detail[:500]}
+    return {**row, "status": "rejected", "reason": reason, "detail": detail[:1000]}
+
+
+def guarded(
+    stage: str, fn: Callable[[dict[str, Any]], dict[str, Any]], row: dict[str, Any]
+) -> dict[str, Any]:
+    """`fn(row)` for a pending clip row; whatever it raises becomes that row's rejection
+    (Rejection: its reason; anything else: `<stage>_error`, counted by the error budget)."""
+    if not _pending(row):
+        return row
+    try:
+        return fn(row)
+    except Rejection as e:
+        return _fail(row, e.reason, e.detail)
+    except Exception as e:  # noqa: BLE001 - one bad clip must not stop the run
+        return unexpected(row, stage, e)
+
+
+def _map(stage: str, fn: Callable[[dict[str, Any]], dict[str, Any]], batch: Batch) -> Batch:
+    return _batch([guarded(stage, fn, r) for r in rows_of(batch)])
 
 
 def _threads() -> None:
     import torch
 
     torch.set_num_threads(1)  # one core per actor; the pipeline runs stages side by side
+
+
+def _needs_separation(row: dict[str, Any]) -> bool:
+    """Movie clips and audio-only media come mixed; speech corpora are clean speech."""
+    return "speech" not in row and row["kind"] in ("movie", "audio")
 
 
 class Decode:
@@ -65,34 +101,25 @@ class Decode:
         self.cfg, self.sr = cfg, sample_rate
 
     def __call__(self, batch: Batch) -> Batch:
-        return _batch([self._one(r) if _pending(r) else r for r in _rows(batch)])
+        return _map("decode", self._one, batch)
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
         clip, media, inp = row["clip"], row["media"], row["input"]
         start, dur = clip["start"], clip["end"] - clip["start"]
-        try:
-            row["audio"] = decode_audio(media["path"], start, dur, self.sr)
-            if inp.get("stems") and self.cfg.separator.use_stems:
-                from dubforge import storage
-                from dubforge.ingest.plan import _CACHE
-
-                for name in ("speech", "background"):
-                    try:
-                        local = storage.localize(inp["stems"][name], _CACHE)
-                    except OSError as e:
-                        raise MediaError("missing_file", f"{name} stem: {e}") from e
-                    row[name] = decode_audio(local, start, dur, self.sr)
-            if inp["kind"] == "movie" and self.cfg.faces.enabled:
-                row["frames"] = decode_video(
-                    media["path"],
-                    start,
-                    dur,
-                    media["width"],
-                    media["height"],
-                    self.cfg.faces.max_side,
-                )
-        except MediaError as e:
-            return _fail(row, e.reason, e.detail)
+        timeout = self.cfg.timeouts.decode
+        row["audio"] = decode_audio(media["path"], start, dur, self.sr, timeout=timeout)
+        if inp.get("stems") and self.cfg.separator.use_stems:
+            for name in ("speech", "background"):
+                try:
+                    local = storage.localize(inp["stems"][name], INPUT_CACHE)
+                except OSError as e:
+                    raise MediaError("missing_file", f"{name} stem: {e}") from e
+                row[name] = decode_audio(local, start, dur, self.sr, timeout=timeout)
+        if row["kind"] == "movie" and self.cfg.faces.enabled:
+            row["frames"] = decode_video(
+                media["path"], start, dur, media["width"], media["height"],
+                self.cfg.faces.max_side, timeout=timeout,
+            )  # fmt: skip
         return row
 
 
@@ -103,8 +130,7 @@ def decode(batch: Batch, cfg: IngestConfig, sample_rate: int) -> Batch:
 
 
 class Separate:
-    """Speech/background separation for movie clips that came without delivered stems (speech
-    corpora are clean speech already)."""
+    """Speech/background separation for clips that came mixed and without delivered stems."""
 
     def __init__(self, cfg: IngestConfig, sample_rate: int) -> None:
         from dubforge.ingest.separate import Separator
@@ -118,43 +144,44 @@ class Separate:
         )
 
     def __call__(self, batch: Batch) -> Batch:
-        out = []
-        for row in _rows(batch):
-            if _pending(row) and "speech" not in row and row["input"]["kind"] == "movie":
-                try:
-                    row["speech"], row["background"] = self.model.separate(row["audio"], self.sr)
-                except Exception as e:  # noqa: BLE001 - one bad clip must not stop the run
-                    row = _fail(row, "separation_error", f"{type(e).__name__}: {e}")
-            out.append(row)
-        return _batch(out)
+        return _map("separate", self._one, batch)
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        if _needs_separation(row):
+            try:
+                row["speech"], row["background"] = self.model.separate(row["audio"], self.sr)
+            except Exception as e:  # noqa: BLE001 - the model failing on one clip is its record
+                raise Rejection("separation_error", f"{type(e).__name__}: {e}") from e
+        return row
+
+
+def _require_one(row: dict[str, Any]) -> dict[str, Any]:
+    if _needs_separation(row) and row["kind"] == "movie":
+        raise Rejection("no_separator", "no delivered stems and separator.model_dir unset")
+    return row
 
 
 def require_stems(batch: Batch) -> Batch:
-    """Without a separator, a clip needs delivered stems; record the ones that have none."""
-    out = []
-    for row in _rows(batch):
-        if _pending(row) and "speech" not in row and row["input"]["kind"] == "movie":
-            row = _fail(row, "no_separator", "no delivered stems and separator.model_dir unset")
-        out.append(row)
-    return _batch(out)
+    """Without a separator, a movie clip needs delivered stems; audio-only media is then taken
+    as speech (noted in its input row), like a speech corpus."""
+    return _map("separate", _require_one, batch)
 
 
 def energy(batch: Batch, cfg: IngestConfig) -> Batch:
     """DualDub's filter: reject clips whose required stems are below the threshold."""
-    out = []
-    for row in _rows(batch):
-        if _pending(row):
-            tasks = cfg.movie_tasks if row["input"]["kind"] == "movie" else cfg.speech_tasks
-            stems = {k: row[k] for k in ("speech", "background") if k in row}
-            if row["input"]["kind"] == "speech" and "speech" not in stems:
-                stems = {"speech": row["audio"]}  # a speech corpus is speech
-                row["speech"] = row["audio"]
-            levels, reason, detail = judge(stems, required_stems(tasks), cfg.energy_threshold_db)
-            row["energy_db"] = levels
-            if reason:
-                row = _fail(row, reason, detail)
-        out.append(row)
-    return _batch(out)
+
+    def one(row: dict[str, Any]) -> dict[str, Any]:
+        tasks = cfg.movie_tasks if row["kind"] == "movie" else cfg.speech_tasks
+        if row["kind"] != "movie" and "speech" not in row:
+            row["speech"] = row["audio"]  # speech corpora and unseparated audio-only media
+        stems = {k: row[k] for k in ("speech", "background") if k in row}
+        levels, reason, detail = judge(stems, required_stems(tasks), cfg.energy_threshold_db)
+        row["energy_db"] = levels
+        if reason:
+            raise Rejection(reason, detail)
+        return row
+
+    return _map("energy", one, batch)
 
 
 class Faces:
@@ -167,28 +194,26 @@ class Faces:
         self.tracker = FaceTracker(face_size=cfg.faces.face_size, lip_size=cfg.faces.lip_size)
 
     def __call__(self, batch: Batch) -> Batch:
-        out = []
-        for row in _rows(batch):
-            frames = row.pop("frames", None)
-            if _pending(row) and frames is not None:
-                try:
-                    track = self.tracker.track(frames, row["speech"], self.sr)
-                except Exception as e:  # noqa: BLE001 - one bad clip must not stop the run
-                    out.append(_fail(row, "face_error", f"{type(e).__name__}: {e}"))
-                    continue
-                row["face_coverage"] = round(float(track.coverage), 3)
-                row["n_faces"] = int(track.n_faces)
-                if track.coverage >= self.cfg.faces.min_coverage:
-                    row["lips"] = track.lips
-                    row["face"] = track.face[:: FPS // self.cfg.faces.face_fps]
-                elif not self.cfg.faces.keep_faceless:
-                    row = _fail(row, "low_face_coverage", f"face in {track.coverage:.0%} of frames")
-            out.append(row)
-        return _batch(out)
+        return _map("faces", self._one, batch)
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        frames = row.pop("frames", None)
+        if frames is None:
+            return row
+        track = self.tracker.track(frames, row["speech"], self.sr)
+        row["face_coverage"] = round(float(track.coverage), 3)
+        row["n_faces"] = int(track.n_faces)
+        if track.coverage >= self.cfg.faces.min_coverage:
+            row["lips"] = track.lips
+            row["face"] = track.face[:: FPS // self.cfg.faces.face_fps]
+        elif not self.cfg.faces.keep_faceless:
+            raise Rejection("low_face_coverage", f"face in {track.coverage:.0%} of frames")
+        return row
 
 
 class Tokenize:
-    """Codec codes (and optionally log-mel) of each clip's speech and background."""
+    """Codec codes (and optionally log-mel in a vocoder's profile) of each clip's speech and
+    background."""
 
     def __init__(self, cfg: IngestConfig) -> None:
         from dubforge.ingest.tokenize import CodecTokenizer
@@ -196,26 +221,32 @@ class Tokenize:
         _threads()
         self.cfg = cfg
         self.codec = CodecTokenizer(cfg.codec.name_or_path, bandwidth=cfg.codec.bandwidth)
+        self.profile = mel_profile(cfg.codec.mel) if cfg.codec.mel else None
 
     def __call__(self, batch: Batch) -> Batch:
-        from dubforge.ingest.tokenize import log_mel
+        return _map("tokenize", self._one, batch)
 
-        out = []
-        for row in _rows(batch):
-            if _pending(row):
-                row.pop("audio", None)
-                for stem, short in (("speech", "speech"), ("background", "bg")):
-                    wave = row.pop(stem, None)
-                    if wave is None:
-                        continue
-                    row[f"{short}.codes"] = self.codec.encode(wave)
-                    if self.cfg.codec.mel and self.codec.sample_rate == 24000:
-                        row[f"{short}.mel"] = log_mel(wave, 24000)
-                row["codec"] = {
-                    "name": self.codec.codec_name, "sample_rate": self.codec.sample_rate,
-                    "frame_rate": self.codec.frame_rate, "codebooks": self.codec.n_q,
-                    "path": self.cfg.codec.name_or_path,
-                    "random_weights": self.codec.random_weights,
-                }  # fmt: skip
-            out.append(row)
-        return _batch(out)
+    def _mel(self, wave: np.ndarray) -> np.ndarray:
+        from dubforge.mel import log_mel, resample_for
+
+        assert self.profile is not None
+        wave = resample_for(wave, self.codec.sample_rate, self.profile)
+        return log_mel(wave, self.profile.sample_rate, self.profile).astype(np.float16)
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        row.pop("audio", None)
+        for stem, short in (("speech", "speech"), ("background", "bg")):
+            wave = row.pop(stem, None)
+            if wave is None:
+                continue
+            row[f"{short}.codes"] = self.codec.encode(wave)
+            if self.profile is not None:
+                row[f"{short}.mel"] = self._mel(wave)
+        row["codec"] = {
+            "name": self.codec.codec_name, "sample_rate": self.codec.sample_rate,
+            "frame_rate": self.codec.frame_rate, "codebooks": self.codec.n_q,
+            "path": self.cfg.codec.name_or_path,
+            "random_weights": self.codec.random_weights,
+        }  # fmt: skip
+        row["mel_profile"] = self.profile.name if self.profile else None
+        return row

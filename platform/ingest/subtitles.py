@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from dubforge.ingest.records import Cue, Rejection
 
@@ -22,10 +22,29 @@ class SubtitleError(Rejection):
 
 
 @dataclass(frozen=True)
+class DroppedCue:
+    """A cue block that made no cue: its position in the file, why, and what is known of it."""
+
+    index: int
+    reason: str
+    start: float = 0.0
+    end: float = 0.0
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class Subtitles:
     cues: tuple[Cue, ...]
     encoding: str
-    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count of cues dropped
+    dropped_cues: tuple[DroppedCue, ...] = ()
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """reason -> count of cues dropped."""
+        out: dict[str, int] = {}
+        for d in self.dropped_cues:
+            out[d.reason] = out.get(d.reason, 0) + 1
+        return out
 
 
 def decode_text(data: bytes) -> tuple[str, str]:
@@ -70,7 +89,7 @@ def parse(data: bytes, name: str = "subtitles") -> Subtitles:
     if not text.strip():
         raise SubtitleError("subtitles_empty", f"{name} is empty")
     cues: list[Cue] = []
-    dropped: dict[str, int] = {}
+    dropped: list[DroppedCue] = []
     n_blocks = 0
     for block in re.split(r"\n\s*\n", text.strip()):
         lines = block.split("\n")
@@ -80,18 +99,18 @@ def parse(data: bytes, name: str = "subtitles") -> Subtitles:
         n_blocks += 1
         m = _TIMING.match(lines[timing])
         if m is None:
-            dropped["bad_timing"] = dropped.get("bad_timing", 0) + 1
+            dropped.append(DroppedCue(n_blocks - 1, "bad_timing", text=lines[timing][:200]))
             continue
         g = m.groups()
         start, end = _seconds(*g[:4]), _seconds(*g[4:])
         body = clean_text(lines[timing + 1 :])
         reason = "empty_text" if not body else "end_before_start" if end <= start else None
         if reason:
-            dropped[reason] = dropped.get(reason, 0) + 1
+            dropped.append(DroppedCue(n_blocks - 1, reason, round(start, 3), round(end, 3), body))
             continue
         cues.append(Cue(round(start, 3), round(end, 3), body, index=n_blocks - 1))
     if not cues:
         what = f"none of its {n_blocks} cues is usable" if n_blocks else "it has no cue timings"
         raise SubtitleError("subtitles_unusable", f"{name}: {what}")
     cues.sort(key=lambda c: (c.start, c.end))
-    return Subtitles(tuple(cues), encoding, dropped)
+    return Subtitles(tuple(cues), encoding, tuple(dropped))

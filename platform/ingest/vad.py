@@ -49,7 +49,8 @@ class VoiceActivity:
         )
         return [(float(t["start"]), float(t["end"])) for t in ts]
 
-    def cues(self, path: str | Path, duration: float) -> list[Cue]:
-        """Untranscribed cues for the whole of a local media file (decoded once at 16 kHz)."""
-        wave = decode_audio(path, 0.0, duration, VAD_RATE)
+    def cues(self, path: str | Path, duration: float, timeout: float) -> list[Cue]:
+        """Untranscribed cues for the whole of a local media file (decoded once at 16 kHz;
+        ffmpeg gets `timeout` + duration seconds)."""
+        wave = decode_audio(path, 0.0, duration, VAD_RATE, timeout=timeout)
         return [Cue(a, b, "", k) for k, (a, b) in enumerate(self.spans(wave))]

@@ -1,7 +1,8 @@
 """Clip records -> padded batches (tensors + masks + a task per sample), and latents -> waves.
 
-A record is what ingest writes per clip: `(meta, arrays)`, the JSON dict and a dict of numpy
-arrays (`speech.codes`, `bg.codes`, optional `speech.mel`, `bg.mel`, `lips`, `face`). `split_row`
+A record is what ingest writes per clip: `(meta, arrays)`, a `dubforge.schema.ClipRecord` (a
+JSON dict is parsed into one, refusing unknown schema versions) and a dict of numpy arrays
+(`speech.codes`, `bg.codes`, optional `speech.mel`, `bg.mel`, `lips`, `face`). `split_row`
 turns a WebDataset-style row ({"json": ..., "speech.codes.npy": ...}) into that pair, so a Ray
 Data reader can feed `collate` directly.
 
@@ -12,7 +13,7 @@ Tasks and what a sample gets (DESIGN.md "Model"; streams: 0 speech, 1 background
     v2st  speech + background streams in one sequence; video + text + reference voice
 The reference voice is in-context infill (F5-TTS): in training a random span of the speech
 stream (70-100 % of it) is to be generated and the rest is given as condition; at inference
-the first `meta["ref_frames"]` frames of the speech stream are the given reference (0: none).
+the first `meta.ref_frames` frames of the speech stream are the given reference (0: none).
 The background stream is always generated whole.
 
 Shape key: b = batch, s = streams, n = latent frames, c = latent width, f = lip frames,
@@ -30,19 +31,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dubforge.ingest.records import SCHEMA_VERSION
 from dubforge.model.conditions import label_ids, text_ids
-from dubforge.model.dit import STREAMS
 from dubforge.model.spaces import AcousticSpace
+from dubforge.schema import (
+    STREAMS,
+    TASK_STREAMS,
+    TASKS,
+    TEXT_TASKS,
+    VIDEO_TASKS,
+    ClipRecord,
+    SchemaError,
+    mel_profile,
+)
 
-TASKS = ("tts", "v2a", "v2s", "v2st")
-TASK_STREAMS = {
-    "tts": ("speech",), "v2s": ("speech",), "v2a": ("background",),
-    "v2st": ("speech", "background"),
-}  # fmt: skip
-VIDEO_TASKS = frozenset({"v2a", "v2s", "v2st"})
-TEXT_TASKS = frozenset({"tts", "v2s", "v2st"})
-Record = tuple[Mapping[str, Any], Mapping[str, np.ndarray]]
+Record = tuple[ClipRecord, Mapping[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -81,18 +83,24 @@ class Batch:
         return replace(self, **moved)
 
 
+def as_record(meta: ClipRecord | Mapping[str, Any]) -> ClipRecord:
+    """A ClipRecord as it is, or parsed from its JSON dict (SchemaError, a ValueError, names
+    what is wrong: an unknown version, a missing field)."""
+    return meta if isinstance(meta, ClipRecord) else ClipRecord.from_dict(meta)
+
+
 def split_row(row: Mapping[str, Any]) -> Record:
-    """A WebDataset-style row -> (meta, arrays): meta from "json" (dict, str or bytes), arrays
-    from every other key holding an ndarray, with a trailing ".npy" dropped from its name."""
-    meta = row.get("json")
+    """A WebDataset-style row -> (record, arrays): the record from "json" (dict, str or bytes),
+    arrays from every other key holding an ndarray, with a trailing ".npy" dropped."""
+    meta = row["json"] if "json" in row else None
     if isinstance(meta, bytes | str):
         meta = json.loads(meta)
     if not isinstance(meta, Mapping):
-        raise ValueError(f"row has no 'json' metadata dict (keys: {sorted(row)})")
+        raise SchemaError(f"row has no 'json' metadata dict (keys: {sorted(row)})")
     arrays = {
         k.removesuffix(".npy"): np.asarray(v) for k, v in row.items() if isinstance(v, np.ndarray)
     }
-    return meta, arrays
+    return ClipRecord.from_dict(meta), arrays
 
 
 def supported_tasks(arrays: Mapping[str, np.ndarray], space: AcousticSpace) -> list[str]:
@@ -110,40 +118,32 @@ def tasks_for_keys(arrays: Mapping[str, Any], stem_keys: Mapping[str, str]) -> l
     ]  # fmt: skip
 
 
-def _check(meta: Mapping[str, Any]) -> None:
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"record {meta.get('key')!r} has schema_version {meta.get('schema_version')!r}; "
-            f"this dubforge reads version {SCHEMA_VERSION}: re-run ingest or upgrade dubforge"
-        )
-
-
 def _choose_task(
     record: Record, space: AcousticSpace, allowed: Sequence[str], rng: np.random.Generator
 ) -> str:
     options = [t for t in supported_tasks(record[1], space) if t in allowed]
     if not options:
         raise ValueError(
-            f"record {record[0].get('key')!r} supports none of the tasks {list(allowed)} in the "
+            f"record {record[0].key!r} supports none of the tasks {list(allowed)} in the "
             f"{space.name} space (arrays: {sorted(record[1])}); filter it out or allow another task"
         )
     return options[int(rng.integers(len(options)))]
 
 
-def _num_frames(
-    meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], space: AcousticSpace
-) -> int:
+def _num_frames(meta: ClipRecord, arrays: Mapping[str, np.ndarray], space: AcousticSpace) -> int:
     if "lips" in arrays:
-        return len(arrays["lips"]) * space.frames_per_video_frame(int(meta.get("fps", 25)))
-    return round((float(meta["end"]) - float(meta["start"])) * space.frame_rate)
+        return round(len(arrays["lips"]) * space.frame_rate / meta.fps)
+    return round(meta.duration * space.frame_rate)
 
 
-def _activity(mel: np.ndarray, n: int, frame_rate: float, db: float) -> np.ndarray:
+def _activity(
+    mel: np.ndarray, n: int, frame_rate: float, db: float, mel_rate: float
+) -> np.ndarray:
     """Per-latent-frame speech activity from the speech log-mel: frame energy within `db` of
-    the clip's loudest frame; mel frames (100 Hz) are picked by nearest earlier time."""
+    the clip's loudest frame; mel frames (at `mel_rate`) are picked by nearest earlier time."""
     energy = np.logaddexp.reduce(mel.astype(np.float32), axis=0)  # log of summed magnitude
     active = energy > energy.max() - db / 20 * np.log(10)
-    idx = np.minimum((np.arange(n) * 100.0 / frame_rate).astype(int), len(active) - 1)
+    idx = np.minimum((np.arange(n) * mel_rate / frame_rate).astype(int), len(active) - 1)
     return active[idx].astype(np.float32)
 
 
@@ -152,7 +152,7 @@ def _prepare(
     span_frac: tuple[float, float], activity_db: float,
 ) -> dict[str, Any]:  # fmt: skip
     meta, arrays = record
-    key = meta.get("key")
+    key = meta.key
     if task not in TASK_STREAMS:
         raise ValueError(f"record {key!r}: unknown task {task!r}; choose from {list(TASKS)}")
     if task in VIDEO_TASKS and "lips" not in arrays:
@@ -176,18 +176,22 @@ def _prepare(
             spans[0] = np.zeros(n, dtype=bool)
             spans[0][start : start + length] = True
         else:
-            spans[0] = np.arange(n) >= int(meta.get("ref_frames", 0))
+            spans[0] = np.arange(n) >= meta.ref_frames
     activity = None
     if task in VIDEO_TASKS and "speech" in stems and "speech.mel" in arrays:
-        activity = _activity(np.asarray(arrays["speech.mel"]), n, space.frame_rate, activity_db)
+        if meta.mel_profile is None:
+            raise SchemaError(f"record {key!r} has a speech.mel but no mel_profile")
+        mel_rate = mel_profile(meta.mel_profile).frame_rate
+        mel = np.asarray(arrays["speech.mel"])
+        activity = _activity(mel, n, space.frame_rate, activity_db, mel_rate)
     video = task in VIDEO_TASKS
     return {
         "key": str(key), "task": task, "n": n, "streams": streams, "spans": spans,
         "stream_ids": [STREAMS.index(s) for s in stems],
-        "text": text_ids(str(meta.get("text") or ""))[:n] if task in TEXT_TASKS else [],
+        "text": text_ids(meta.text)[:n] if task in TEXT_TASKS else [],
         "lips": np.asarray(arrays["lips"]) if video else None,
         "face": np.asarray(arrays["face"]) if video and "face" in arrays else None,
-        "labels": label_ids(meta.get("labels")), "activity": activity,
+        "labels": label_ids(meta.labels), "activity": activity,
     }  # fmt: skip
 
 
@@ -221,14 +225,13 @@ def collate(
 ) -> Batch:
     """Records -> one padded Batch. `tasks`: one task for all, one per record, or None to draw
     each record's task from `allowed` among those it supports. `train`: random reference span
-    and every target array required; else `meta["ref_frames"]` sets the reference and missing
+    and every target array required; else `meta.ref_frames` sets the reference and missing
     targets become zeros of the clip's length (from lips, or end - start). Text longer than
     the clip's frame count is cut to it (F5-TTS needs text no longer than the latents)."""
     if not records:
         raise ValueError("collate needs at least one record")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    for meta, _ in records:
-        _check(meta)
+    records = [(as_record(meta), arrays) for meta, arrays in records]
     if tasks is None:
         chosen = [_choose_task(r, space, allowed, rng) for r in records]
     else:

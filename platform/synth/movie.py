@@ -23,13 +23,13 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from dubforge.schema import FPS
 from dubforge.synth import background as bgm
 from dubforge.synth import face as fc
 from dubforge.synth.script import Line, MoviePlan
 from dubforge.synth.subtitles import write_srt, write_vtt
 from dubforge.synth.tts import Utterance
 
-FPS = 25
 # shape key: c = audio channels, n = samples, f = video frames
 _BASE_BG_DB = -27.0
 _MOUTH_REF_DB = -14.0  # speech RMS at which the mouth opens fully

@@ -35,7 +35,12 @@ class Source(_Section):
     a URI), or `replay` of an earlier stage's sources; `weight` is its share of the stage's
     samples (relative to the other sources)."""
 
-    shards: str | None = Field(None, description="glob of .tar shards, e.g. movies/*.tar")
+    shards: str | None = Field(
+        None, description="glob of .tar shards under <shards>/<split>/, e.g. movie_*.tar"
+    )
+    split: Literal["train", "val", "test"] = Field(
+        "train", description="the split folder the glob is under (ingest writes shards/<split>/)"
+    )
     replay: str | None = Field(None, description="name of an earlier stage whose data to replay")
     weight: float = Field(1.0, gt=0, description="relative share of samples")
 
@@ -144,6 +149,12 @@ class DataSection(_Section):
     )
     max_bad_records: float = Field(
         0.05, ge=0, le=1, description="fraction of records allowed to be rejected per epoch"
+    )
+    max_lost_samples: int = Field(
+        1000,
+        ge=0,
+        description="samples a stage may lose to shards that end early (a corrupt tar header "
+        "mid-shard reads as a clean end: counted against each shard's index)",
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import pickle
 import shutil
 import tempfile
@@ -39,8 +40,10 @@ from dubforge import storage
 from dubforge.config import ConfigError
 from dubforge.runtime import mlflow_tracking_uri, ray_session, workspace
 from dubforge.train.config import CurriculumConfig, Stage
-from dubforge.train.data import StagePlan, build_dataset, plan_stage
+from dubforge.train.data import StagePlan, build_dataset, expand, plan_stage, stage_sources
 from dubforge.train.loop import EXPORT, STATE, train_loop
+
+log = logging.getLogger(__name__)
 
 
 def storage_root(cfg: CurriculumConfig) -> str:
@@ -85,21 +88,31 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _validation_records(plan: StagePlan, n: int, cache: Path) -> list[Any]:
-    """The first `n` decodable records of the stage's first shards (also trained on: the
-    validation follows what the model does on known clips, not generalisation)."""
+def _validation_records(cfg: CurriculumConfig, stage: Stage, n: int, cache: Path) -> list[Any]:
+    """Up to `n` records of the `val` split that the stage's tasks can use, from the shards its
+    sources' globs select under `<shards>/val/` (never trained on: val/loss then measures
+    generalisation). None (validation off, with a warning) when the split has none."""
     from dubforge.ingest.shards import ShardError, read_shard
+    from dubforge.model.batch import as_record
+    from dubforge.schema import tasks_for_arrays
 
-    out = []
-    for src in plan.sources:
-        for uri in src.shards:
+    space = cfg.model.space.name
+    out: list[Any] = []
+    for _, pattern, _ in stage_sources(cfg, stage, split="val"):
+        for uri in expand(pattern):
             try:
                 for sample in read_shard(storage.localize(uri, cache)):
-                    out.append((sample.meta, sample.arrays))
+                    record = as_record(sample.meta)
+                    if record.split != "val":
+                        continue
+                    if set(tasks_for_arrays(sample.arrays, space)) & set(stage.tasks):
+                        out.append((record, sample.arrays))
                     if len(out) >= n:
                         return out
-            except ShardError:
-                continue
+            except (ShardError, ValueError) as e:
+                log.warning("validation: skipping %s: %s", uri, e)
+    if not out:
+        log.warning("stage %s: no val records under %s; validation is off", stage.name, cfg.shards)
     return out
 
 
@@ -214,7 +227,7 @@ def run_stage(
                             tasks=list(stage.tasks))  # fmt: skip
     cache = Path(tempfile.mkdtemp(prefix="dubforge-val-"))
     try:
-        validation = _validation_records(plan, cfg.tracking.validation_clips, cache)
+        validation = _validation_records(cfg, stage, cfg.tracking.validation_clips, cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     run_id = tracking.stage_run(stage)
@@ -225,6 +238,11 @@ def run_stage(
     }  # fmt: skip
     tracking.log_params(run_id, extra)
     tracking.client.log_metric(run_id, "data/bad_shards", len(plan.bad))
+    tracking.client.log_metric(run_id, "data/lost_samples", plan.lost_samples)
+    if plan.lossy:
+        lossy = {c.uri: c.lost for c in plan.lossy}
+        tracking.log_params(run_id, {"data.lossy_shards": json.dumps(lossy)[:6000]})
+    tracking.log_params(run_id, {"data.validation_keys": ",".join(r.key for r, _ in validation)})
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1

@@ -1,10 +1,14 @@
 """Training data: shard URIs -> Ray Data (`read_webdataset` + decode) -> per-worker streaming
 shard -> frame-budget micro-batches.
 
-Driver side (`plan_stage`): expand each source's glob under the job's `shards` root, check every
-shard against its index (`<name>.index.json`, written by ingest: byte size and sample count) and
-its tar header, and skip the ones that fail, counted and logged; more than
-`data.max_bad_shards` of a stage's shards failing stops the job before any worker starts.
+Driver side (`plan_stage`): expand each source's glob under `<shards>/<split>/` (train unless the
+source says otherwise), check every shard against its index (`<name>.index.json`, written by
+ingest: byte size, sample count, sha256) and its tar header, and skip the ones that fail,
+counted and logged; more than `data.max_bad_shards` of a stage's shards failing stops the job
+before any worker starts. Each shard's samples are counted through its tar headers the way the
+reader will see them: a corrupt header mid-shard ends a tar early without an error, so the
+samples after it are counted as lost against the index (`data/lost_samples`, the shard named),
+and more than `data.max_lost_samples` stops the job.
 Source weights become per-epoch repeat factors (`floor(r)` copies plus one more with
 probability `r - floor(r)`), so a small corpus replayed at weight 1 next to a large one gets half
 the samples of the epoch.
@@ -22,11 +26,13 @@ the record supports), put into a length bucket and emitted when the bucket's pad
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
 import math
 import pickle
+import tarfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +41,8 @@ import numpy as np
 from pyarrow import fs as pafs
 
 from dubforge.config import ConfigError
-from dubforge.ingest.records import SCHEMA_VERSION
-from dubforge.model.batch import TASK_STREAMS, Record, supported_tasks, tasks_for_keys
+from dubforge.model.batch import Record, supported_tasks, tasks_for_keys
+from dubforge.schema import FPS, TASK_STREAMS, ClipRecord, mel_profile
 from dubforge.storage import is_uri, resolve
 from dubforge.train.config import CurriculumConfig, DataSection, Stage
 
@@ -49,6 +55,7 @@ class ShardCheck:
     uri: str
     samples: int | None  # from the index; None without one
     problem: str = ""  # empty when the shard looks whole
+    lost: int = 0  # samples in the index that a reader cannot reach
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,11 @@ class StagePlan:
     stage: str
     sources: tuple[SourcePlan, ...]
     bad: tuple[ShardCheck, ...]
+    lossy: tuple[ShardCheck, ...] = ()  # good shards that end before their index does
+
+    @property
+    def lost_samples(self) -> int:
+        return sum(c.lost for c in self.lossy)
 
     @property
     def shards(self) -> int:
@@ -136,13 +148,31 @@ def check_shard(uri: str) -> ShardCheck:
         return ShardCheck(uri, None, f"unreadable index ({e})")
     if size != info.size:
         return ShardCheck(uri, samples, f"truncated: index says {size} bytes, file has {info.size}")
-    return ShardCheck(uri, samples)
+    readable = count_samples(filesystem, path)
+    return ShardCheck(uri, samples, lost=max(0, samples - readable))
 
 
-def _sources(
-    cfg: CurriculumConfig, stage: Stage, weight: float = 1.0
+def count_samples(filesystem: pafs.FileSystem, path: str) -> int:
+    """Samples a tar reader reaches, counted through the member headers (data is skipped):
+    Python's tarfile, which Ray Data reads with, stops silently at an invalid header past the
+    start, so this is the number training will see."""
+    keys: set[str] = set()
+    with filesystem.open_input_file(path) as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                for info in tar:
+                    folder, _, name = info.name.rpartition("/")
+                    keys.add(f"{folder}/{name.split('.', 1)[0]}")
+        except tarfile.TarError:
+            pass  # what was read before the break is what a reader gets
+    return len(keys)
+
+
+def stage_sources(
+    cfg: CurriculumConfig, stage: Stage, weight: float = 1.0, split: str | None = None
 ) -> list[tuple[str, str, float]]:
-    """(field name, pattern, weight) of a stage's sources, replays expanded."""
+    """(field name, pattern, weight) of a stage's sources, replays expanded; `split` overrides
+    the sources' split (validation reads the same globs under val/)."""
     i = [s.name for s in cfg.stages].index(stage.name)
     total = sum(s.weight for s in stage.data)
     out = []
@@ -150,9 +180,10 @@ def _sources(
         w = weight * src.weight / total
         if src.replay is not None:
             earlier = next(s for s in cfg.stages if s.name == src.replay)
-            out += _sources(cfg, earlier, w)
+            out += stage_sources(cfg, earlier, w, split)
         else:
-            out.append((f"stages.{i}.data.{j}.shards", join(cfg.shards, src.shards), w))
+            pattern = join(cfg.shards, f"{split or src.split}/{src.shards}")
+            out.append((f"stages.{i}.data.{j}.shards", pattern, w))
     return out
 
 
@@ -160,24 +191,35 @@ def plan_stage(cfg: CurriculumConfig, stage: Stage) -> StagePlan:
     """Resolve and check a stage's shards; raises ConfigError naming the field that matched
     nothing, or when more than `data.max_bad_shards` of the shards are bad."""
     merged: dict[str, list[Any]] = {}
-    for name, pattern, w in _sources(cfg, stage):
+    for name, pattern, w in stage_sources(cfg, stage):
         uris = expand(pattern)
         if not uris:
             raise ConfigError(
-                f"{name}: {pattern!r} matches no .tar shard; check `shards` ({cfg.shards!r}) "
-                f"and the glob, or override with shards=DIR_OR_URI"
+                f"{name}: {pattern!r} matches no .tar shard; check `shards` ({cfg.shards!r}, "
+                "the folder holding ingest's train/ val/ test/) and the glob, or override with "
+                "shards=DIR_OR_URI"
             )
         entry = merged.setdefault(pattern, [name, 0.0, uris])
         entry[1] += w
-    sources, bad, total = [], [], 0
+    sources, bad, lossy, total = [], [], [], 0
     for pattern, (_, w, uris) in merged.items():
         checks = [check_shard(u) for u in uris]
         total += len(checks)
         good = [c for c in checks if not c.problem]
         bad += [c for c in checks if c.problem]
+        lossy += [c for c in good if c.lost]
         for c in checks:
             if c.problem:
                 log.warning("stage %s: skipping shard %s: %s", stage.name, c.uri, c.problem)
+            elif c.lost:
+                log.warning(
+                    "stage %s: shard %s: %d of its %d samples cannot be read (a corrupt "
+                    "tar header ends it early)",
+                    stage.name,
+                    c.uri,
+                    c.lost,
+                    c.samples,
+                )
         if good:
             n = sum(c.samples if c.samples is not None else 0 for c in good)
             sources.append(SourcePlan(pattern, w, tuple(c.uri for c in good), n))
@@ -187,7 +229,14 @@ def plan_stage(cfg: CurriculumConfig, stage: Stage) -> StagePlan:
             f"stage {stage.name!r}: {len(bad)} of {total} shards are bad, more than "
             f"data.max_bad_shards={cfg.data.max_bad_shards}: {listing}"
         )
-    return StagePlan(stage.name, tuple(_repeats(sources)), tuple(bad))
+    lost = sum(c.lost for c in lossy)
+    if lost > cfg.data.max_lost_samples:
+        listing = "; ".join(f"{c.uri}: {c.lost} of {c.samples}" for c in lossy[:5])
+        raise ConfigError(
+            f"stage {stage.name!r}: {lost} samples are lost to shards that end early, more than "
+            f"data.max_lost_samples={cfg.data.max_lost_samples}: {listing}. Re-ingest them."
+        )
+    return StagePlan(stage.name, tuple(_repeats(sources)), tuple(bad), tuple(lossy))
 
 
 def _repeats(sources: list[SourcePlan]) -> list[SourcePlan]:
@@ -237,7 +286,7 @@ def decode_rows(
             if tasks is not None and not usable_tasks(arrays, stem_keys, tasks):
                 continue
             frames = _frames(meta, arrays, stem_keys, frame_rate)
-            item = {"key": key, "url": url, "frames": frames, "meta": json.dumps(meta),
+            item = {"key": key, "url": url, "frames": frames, "meta": json.dumps(meta.to_dict()),
                     "arrays": pickle.dumps(arrays, protocol=5), "error": ""}  # fmt: skip
         except Exception as e:  # noqa: BLE001 - any bad record becomes a counted rejection
             item = {"key": key, "url": url, "frames": 0, "meta": "", "arrays": b"",
@@ -250,15 +299,10 @@ def decode_rows(
 def _decode(row: Mapping[str, Any]) -> Record:
     import io
 
-    raw = row.get("json")
+    raw = row["json"] if "json" in row else None
     if not isinstance(raw, bytes | str):
         raise ValueError("record has no json member")
-    meta = json.loads(raw)
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ValueError(
-            f"schema_version {version!r}; this dubforge reads version {SCHEMA_VERSION}"
-        )
+    meta = ClipRecord.from_dict(json.loads(raw))
     arrays = {}
     for col, value in row.items():
         if col.endswith(".npy") and isinstance(value, bytes):
@@ -267,13 +311,13 @@ def _decode(row: Mapping[str, Any]) -> Record:
 
 
 def _frames(
-    meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], stem_keys: Mapping[str, str],
+    meta: ClipRecord, arrays: Mapping[str, np.ndarray], stem_keys: Mapping[str, str],
     frame_rate: float,
 ) -> int:  # fmt: skip
     lengths = [arrays[k].shape[-1] for k in stem_keys.values() if k in arrays]
     if lengths:
         return int(max(lengths))
-    return round((float(meta["end"]) - float(meta["start"])) * frame_rate)
+    return round(meta.duration * frame_rate)
 
 
 def build_dataset(
@@ -373,7 +417,7 @@ class FrameBatcher:
                 self.bad_log_budget -= 1
                 log.warning("rejected record %s in %s: %s", row["key"], row["url"], row["error"])
             return
-        record = (json.loads(row["meta"]), pickle.loads(row["arrays"]))
+        record = (ClipRecord.from_dict(json.loads(row["meta"])), pickle.loads(row["arrays"]))
         task = self._task(record)
         if task is None:
             self.counters.no_task += 1
@@ -417,17 +461,19 @@ def iter_rows(batches: Iterable[Any]) -> Iterator[dict[str, Any]]:
         yield from df.to_dict("records")
 
 
-def _rate(name: str, meta: Mapping[str, Any], frame_rate: float) -> float:
+def _rate(name: str, meta: ClipRecord) -> float:
+    """Frames per second of a record array."""
     if name.endswith(".mel"):
-        return 100.0
+        if meta.mel_profile is None:
+            raise ValueError(f"record {meta.key!r} has {name} but no mel_profile")
+        return mel_profile(meta.mel_profile).frame_rate
     if name.endswith(".codes"):
-        codec = meta.get("codec") or {}
-        return float(codec.get("frame_rate", frame_rate))
+        return meta.codec.frame_rate
     if name == "lips":
-        return float(meta.get("fps", 25))
+        return float(meta.fps)
     if name == "face":
-        return float(meta.get("face_fps", 5))
-    return frame_rate
+        return float(meta.face_fps or FPS)
+    raise ValueError(f"record {meta.key!r}: no frame rate known for array {name!r}")
 
 
 def crop(record: Record, space: Any, max_frames: int, rng: np.random.Generator) -> Record:
@@ -435,17 +481,14 @@ def crop(record: Record, space: Any, max_frames: int, rng: np.random.Generator) 
     record: every time-indexed array is cut to the same seconds; the text is kept whole (no
     alignment), so the sample learns a partial-text infill."""
     meta, arrays = record
-    fps = float(meta.get("fps", 25))
-    rate = space.frame_rate
-    dur = max_frames / rate
-    total = float(meta["end"]) - float(meta["start"])
-    start = float(rng.uniform(0, max(0.0, total - dur)))
+    fps = float(meta.fps)
+    dur = max_frames / space.frame_rate
+    start = float(rng.uniform(0, max(0.0, meta.duration - dur)))
     start = math.floor(start * fps) / fps
     out = {}
     for name, arr in arrays.items():
-        r = _rate(name, meta, rate)
+        r = _rate(name, meta)
         a, n = round(start * r), max(1, math.floor(dur * r + 1e-6))
         out[name] = arr[..., a : a + n] if name.endswith((".mel", ".codes")) else arr[a : a + n]
-    meta = {**meta, "start": float(meta["start"]) + start,
-            "end": float(meta["start"]) + start + dur}  # fmt: skip
+    meta = dataclasses.replace(meta, start=meta.start + start, end=meta.start + start + dur)
     return meta, out

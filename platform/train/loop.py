@@ -22,6 +22,7 @@ samples/s, latent frames/s, data-wait fraction, data counters; validation every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import pickle
@@ -432,7 +433,7 @@ def _validate(
         for meta, arrays in recs:
             n = max((v.shape[-1] for k, v in arrays.items() if k.endswith((".mel", ".codes"))),
                     default=0)  # fmt: skip
-            refs.append(({**meta, "ref_frames": int(0.3 * n)}, arrays))
+            refs.append((dataclasses.replace(meta, ref_frames=int(0.3 * n)), arrays))
         batch = collate(refs, space, tasks=ts, train=False, seed=0)
         kwargs = sampler_kwargs(cfg.model)
         kwargs["nfe"] = cfg.tracking.validation_nfe

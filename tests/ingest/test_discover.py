@@ -24,7 +24,8 @@ def test_movies_sidecars_stems_and_speech(tmp_path):
     _touch(s / "spk2" / "u2.flac")
     _touch(s / "spk2" / "u3.wav")
     _touch(s / "metadata.csv", b"path|speaker|text\nspk2/u2.flac|anna|From the csv.\n")
-    found = {i.uri.removeprefix(str(tmp_path) + "/"): i for i in discover([str(m), f"file://{s}"])}
+    discovery = discover([str(m), f"file://{s}"])
+    found = {i.uri.removeprefix(str(tmp_path) + "/"): i for i in discovery.inputs}
     assert sorted(found) == [
         "movies/a.mp4", "movies/b.mkv", "movies/c.mov",
         "speech/spk1/u1.wav", "speech/spk2/u2.flac", "speech/spk2/u3.wav",
@@ -37,8 +38,24 @@ def test_movies_sidecars_stems_and_speech(tmp_path):
     u1, u2, u3 = (found[f"speech/{k}"] for k in ("spk1/u1.wav", "spk2/u2.flac", "spk2/u3.wav"))
     assert (u1.kind, u1.transcript, u1.speaker) == ("speech", "Hello there.", "spk1")
     assert (u2.transcript, u2.speaker) == ("From the csv.", "anna")
-    assert u3.transcript is None and u3.speaker == "spk2"
+    assert (u3.kind, u3.transcript) == ("audio", None)  # audio with no text: probe decides
     assert u1.input_id == "spk1__u1" and a.input_id == "a"
+    files = {f.uri.removeprefix(str(tmp_path) + "/"): (f.status, f.reason) for f in discovery.files}
+    assert files == {
+        "movies/a.srt": ("accepted", "sidecar"),
+        "movies/a.vtt": ("rejected", "ignored_sidecar"),
+        "movies/a.labels.json": ("accepted", "sidecar"),
+        "movies/a.dialogue.wav": ("accepted", "sidecar"),
+        "movies/a.me.flac": ("accepted", "sidecar"),
+        "movies/b.vtt": ("accepted", "sidecar"),
+        "movies/c.dialogue.wav": ("rejected", "lone_stem"),
+        "movies/notes.txt": ("rejected", "ignored_sidecar"),
+        "movies/orphan.srt": ("rejected", "orphan_subtitles"),
+        "speech/spk1/u1.txt": ("accepted", "sidecar"),
+        "speech/metadata.csv": ("accepted", "sidecar"),
+    }
+    every = {str(p) for p in tmp_path.rglob("*") if p.is_file()}
+    assert every == {i.uri for i in discovery.inputs} | {f.uri for f in discovery.files}
 
 
 def test_synth_corpus_is_discovered_whole(tmp_path):
@@ -48,7 +65,7 @@ def test_synth_corpus_is_discovered_whole(tmp_path):
     root = tmp_path / "c"
     generate(SynthConfig(output=str(root), movies=2, duration=8.0, scene_seconds=8.0,
                          speech_utterances=3, speech_speakers=1, workers=1))  # fmt: skip
-    found = discover([str(root / "movies"), str(root / "speech")])
+    found = discover([str(root / "movies"), str(root / "speech")]).inputs
     movies = [i for i in found if i.kind == "movie"]
     speech = [i for i in found if i.kind == "speech"]
     assert [i.input_id for i in movies] == ["movie_000", "movie_001"]

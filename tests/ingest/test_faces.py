@@ -271,14 +271,14 @@ def test_speech_envelope_is_rms_per_frame():
 @pytest.mark.parametrize("keep", [True, False])
 def test_faceless_clip_kept_or_rejected_by_config(keep):
     from dubforge.ingest.config import IngestConfig
-    from dubforge.ingest.stages import Faces, _batch, _rows
+    from dubforge.ingest.stages import Faces, _batch, rows_of
 
     cfg = IngestConfig(input=["x"], output="y", codec={"name_or_path": "c"},
                        faces={"keep_faceless": keep})  # fmt: skip
-    row = {"status": "pending", "clip": {"clip_no": 0}, "reason": "", "detail": "",
+    row = {"status": "pending", "clip": {"clip_no": 0}, "reason": "", "detail": "", "kind": "movie",
            "frames": np.full((10, 120, 160, 3), 90, np.uint8),
            "speech": np.zeros(9600, np.float32)}  # fmt: skip
-    (out,) = _rows(Faces(cfg, 24000)(_batch([row])))
+    (out,) = rows_of(Faces(cfg, 24000)(_batch([row])))
     assert out["face_coverage"] == 0.0 and "lips" not in out and "frames" not in out
     if keep:
         assert out["status"] == "pending"

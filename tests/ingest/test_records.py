@@ -17,7 +17,7 @@ from dubforge.ingest.records import (
 def test_round_trips():
     clip = ClipSpec("movie_000", 3, 1.0, 2.5, "Hi.", True, (4, 5), {"gender": "female"})
     assert ClipSpec.from_dict(clip.to_dict()) == clip
-    row = ManifestRow("/x.mp4", "x", 3, "rejected", "low_energy", "speech -55 dB")
+    row = ManifestRow("clip", "/x.mp4", "x", 3, "rejected", "low_energy", "speech -55 dB")
     assert ManifestRow.from_dict(row.to_dict()) == row
     inp = MediaInput("/m/x.mp4", "movie", 10, subtitles="/m/x.srt")
     assert MediaInput.from_dict(inp.to_dict()) == inp
@@ -40,6 +40,10 @@ def test_keys_have_no_dots():
 
 def test_manifest_row_validation():
     with pytest.raises(ValueError, match="status"):
-        ManifestRow("/x", "x", -1, "maybe")
+        ManifestRow("input", "/x", "x", -1, "maybe")
     with pytest.raises(ValueError, match="reason"):
-        ManifestRow("/x", "x", -1, "rejected")
+        ManifestRow("input", "/x", "x", -1, "rejected")
+    with pytest.raises(ValueError, match="row_type"):
+        ManifestRow("sidecar", "/x", "x", -1, "accepted")
+    with pytest.raises(ValueError, match="split"):
+        ManifestRow("clip", "/x", "x", 0, "accepted", split="holdout")

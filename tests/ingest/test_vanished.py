@@ -7,7 +7,7 @@ import shutil
 from dubforge.ingest.config import IngestConfig
 from dubforge.ingest.discover import discover
 from dubforge.ingest.plan import make_units, plan_unit
-from dubforge.ingest.stages import Decode, _batch, _rows
+from dubforge.ingest.stages import Decode, _batch, rows_of
 
 SRT = "1\n00:00:01,000 --> 00:00:03,000\nHello there.\n\n2\n00:00:04,000 --> 00:00:05,500\nAgain.\n"
 
@@ -20,7 +20,7 @@ def _setup(tmp_path, media_dir):
         (root / f"{name}.srt").write_text(SRT)
     cfg = IngestConfig(input=[str(root)], output=str(tmp_path / "out"),
                        codec={"name_or_path": "unused"})  # fmt: skip
-    units = {u.name: u.to_dict() for u in make_units(discover(cfg.input), 64)}
+    units = {u.name: u.to_dict() for u in make_units(discover(cfg.input).inputs, 64)}
     return root, cfg, units
 
 
@@ -40,7 +40,7 @@ def test_vanished_after_planning_rejects_its_clips(tmp_path, media_dir):
     root, cfg, units = _setup(tmp_path, media_dir)
     rows = plan_unit(units["a"], cfg)
     (root / "a.mp4").unlink()
-    out = _rows(Decode(cfg, 24000)(_batch(rows)))
+    out = rows_of(Decode(cfg, 24000)(_batch(rows)))
     assert len(out) == len(rows) == 3
     assert out[0]["status"] == "accepted"  # the input row was decided while the file existed
     assert [(r["status"], r["reason"]) for r in out[1:]] == [("rejected", "missing_file")] * 2

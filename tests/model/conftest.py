@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dubforge.ingest.records import SCHEMA_VERSION
+from dubforge.schema import MEL_PROFILES, ClipRecord, CodecInfo, tasks_for_arrays
 from tests.ingest.codec_model import make_tiny_codec
 
 RecordFactory = Callable[..., tuple[dict, dict]]
@@ -36,22 +36,19 @@ def make_record(
     codes: int | None = None,
     text: str = "hello there",
     seed: int = 0,
+    profile: str = "vocos_24k",
 ) -> tuple[dict, dict]:
-    """(meta, arrays) as ingest writes them: mel at 100 Hz, lips at 25 fps, face at 5 fps;
-    `codes` = codebook count to add EnCodec-like codes at 75 Hz (entries < 1024)."""
+    """(meta, arrays) as ingest writes them: mel in `profile` (vocos_24k: 100 bins, 93.75
+    frames/s), lips at 25 fps, face at 5 fps; `codes` = codebook count to add EnCodec-like codes
+    at 75 Hz (entries < 1024). `meta` is the record's JSON dict."""
     rng = np.random.default_rng(seed)
-    t_mel, f = round(seconds * 100), round(seconds * 25)
-    meta = {
-        "schema_version": SCHEMA_VERSION, "key": key, "movie_id": key.split("/")[0],
-        "start": 0.0, "end": seconds, "text": text, "transcribed": bool(text), "fps": 25,
-        "labels": {"scene_type": "dialogue", "gender": "female", "emotion": "sad"},
-        "speaker": "a", "face_coverage": 1.0 if video else None,
-    }  # fmt: skip
+    mel = MEL_PROFILES[profile]
+    t_mel, f = round(seconds * mel.frame_rate), round(seconds * 25)
     arrays: dict[str, np.ndarray] = {}
     if speech:
-        arrays["speech.mel"] = rng.normal(-5, 2, (100, t_mel)).astype(np.float16)
+        arrays["speech.mel"] = rng.normal(-5, 2, (mel.n_mels, t_mel)).astype(np.float16)
     if bg:
-        arrays["bg.mel"] = rng.normal(-7, 1, (100, t_mel)).astype(np.float16)
+        arrays["bg.mel"] = rng.normal(-7, 1, (mel.n_mels, t_mel)).astype(np.float16)
     if codes:
         t_codes = round(seconds * 75)
         if speech:
@@ -62,8 +59,16 @@ def make_record(
         arrays["lips"] = rng.integers(0, 256, (f, 96, 96), dtype=np.uint8)
         if face:
             arrays["face"] = rng.integers(0, 256, (round(seconds * 5), 224, 224, 3), dtype=np.uint8)
-            meta["face_fps"] = 5
-    return meta, arrays
+    record = ClipRecord(
+        key=key, movie_id=key.split("/")[0], split="train", source=f"synthetic:{key}",
+        kind="movie" if video else "speech", start=0.0, end=seconds, text=text,
+        transcribed=bool(text), codec=CodecInfo("encodec", 24000, 75.0, codes or 8, "none"),
+        tasks=tasks_for_arrays(arrays), mel_profile=profile if speech or bg else None,
+        labels={"scene_type": "dialogue", "gender": "female", "emotion": "sad"},
+        speaker="a", face_coverage=1.0 if video else None,
+        face_fps=5 if video and face else None,
+    )  # fmt: skip
+    return record.to_dict(), arrays
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import pytest
 from dubforge.config import ConfigError
 from dubforge.ingest.shards import Sample, ShardWriter
 from dubforge.model.spaces import MelSpace
+from dubforge.schema import SCHEMA_VERSION, ClipRecord
 from dubforge.train.config import CurriculumConfig, DataSection
 from dubforge.train.data import (
     DataCounters,
@@ -48,32 +49,34 @@ def _copy(src, dst):
 
 
 def test_expand_globs_and_folders(train_shards):
-    movies = expand(f"{train_shards}/movies/*.tar")
+    movies = expand(f"{train_shards}/train/movies/*.tar")
     assert [p.rsplit("/", 1)[1] for p in movies] == [f"clip-0000{i}.tar" for i in range(3)]
-    assert len(expand(str(train_shards))) == 6  # a folder: every shard under it
+    assert len(expand(f"{train_shards}/train")) == 6  # a folder: every shard under it
+    assert len(expand(str(train_shards))) == 8  # and val's two
     assert expand(f"{train_shards}/nothing/*.tar") == []
-    assert expand(f"file://{train_shards}/speech/spk-00000.tar") == [
-        f"{train_shards}/speech/spk-00000.tar"
+    assert expand(f"file://{train_shards}/train/speech/spk-00000.tar") == [
+        f"{train_shards}/train/speech/spk-00000.tar"
     ]
 
 
 def test_check_shard_finds_truncated_and_foreign_files(train_shards, tmp_path):
     root = _copy(train_shards, tmp_path / "s")
-    good = root / "movies" / "clip-00000.tar"
+    good = root / "train" / "movies" / "clip-00000.tar"
     assert check_shard(str(good)).problem == ""
     assert check_shard(str(good)).samples == 4
-    cut = root / "movies" / "clip-00001.tar"
+    cut = root / "train" / "movies" / "clip-00001.tar"
     cut.write_bytes(cut.read_bytes()[:5000])
     assert check_shard(str(cut)).problem.startswith("truncated: index says")
-    (root / "movies" / "clip-00002.tar").write_text("not a tar\n" * 100)
-    assert "no ustar header" in check_shard(str(root / "movies" / "clip-00002.tar")).problem
-    (root / "movies" / "empty.tar").write_bytes(b"")
-    assert check_shard(str(root / "movies" / "empty.tar")).problem == "empty file"
+    foreign = root / "train" / "movies" / "clip-00002.tar"
+    foreign.write_text("not a tar\n" * 100)
+    assert "no ustar header" in check_shard(str(foreign)).problem
+    (root / "train" / "movies" / "empty.tar").write_bytes(b"")
+    assert check_shard(str(root / "train" / "movies" / "empty.tar")).problem == "empty file"
 
 
 def test_plan_skips_bad_shards_up_to_the_threshold(train_shards, tmp_path):
     root = _copy(train_shards, tmp_path / "s")
-    cut = root / "movies" / "clip-00001.tar"
+    cut = root / "train" / "movies" / "clip-00001.tar"
     cut.write_bytes(cut.read_bytes()[:5000])
     cfg = CurriculumConfig.model_validate(debug_dict(shards=str(root)))
     with pytest.raises(ConfigError, match=r"stage 'v2a': 1 of 6 shards are bad"):
@@ -115,7 +118,7 @@ def test_decode_rows_rejects_bad_records_without_losing_them():
     batch = pd.DataFrame([_rows(good), _rows(old), broken, {"__key__": "a/00003"}])
     out = decode_rows(batch, STEMS, 100.0, repeat=1.0, seed=0)
     assert list(out["key"]) == ["a/00000", "a/00001", "a/00002", "a/00003"]
-    assert out["frames"][0] == 120 and out["error"][0] == ""
+    assert out["frames"][0] == round(1.2 * 93.75) and out["error"][0] == ""
     assert "schema_version 99" in out["error"][1]
     assert out["error"][2].startswith("ValueError") or out["error"][2] != ""
     assert "no json member" in out["error"][3]
@@ -148,7 +151,7 @@ def test_frame_batcher_keeps_budget_and_accounts_for_every_row():
         assert len(b) <= 3
         if len(b) > 1:
             assert len(b) * max(it.cost for it in b) <= 600
-    tasks = {it.record[0]["key"]: it.task for it in items}
+    tasks = {it.record[0].key: it.task for it in items}
     assert all(tasks[c.key] == "tts" for c in clips[1::2] if c.key in tasks)  # no video: tts
     assert counters.cropped == 2 and max(it.frames for it in items) == 250  # 3 s clips 1 bad
 
@@ -156,11 +159,15 @@ def test_frame_batcher_keeps_budget_and_accounts_for_every_row():
 def test_crop_cuts_every_array_to_the_same_window():
     rng = np.random.default_rng(2)
     clip = make_clip("m/00000", 4.0, "words", rng, video=True)
-    meta, arrays = crop((clip.meta, clip.arrays), MelSpace(), 200, rng)
-    assert arrays["speech.mel"].shape == (100, 200) and arrays["bg.mel"].shape == (100, 200)
-    assert arrays["lips"].shape[0] == 50 and arrays["face"].shape[0] == 10
-    assert meta["end"] - meta["start"] == pytest.approx(2.0)
-    assert (meta["start"] * 25) == pytest.approx(round(meta["start"] * 25))
+    space = MelSpace()
+    seconds = 200 / space.frame_rate
+    meta, arrays = crop((ClipRecord.from_dict(clip.meta), clip.arrays), space, 200, rng)
+    mel_frames = int(seconds * 93.75 + 1e-6)  # the record's vocos_24k mel
+    assert arrays["speech.mel"].shape == (100, mel_frames) == arrays["bg.mel"].shape
+    assert arrays["lips"].shape[0] == int(seconds * 25 + 1e-6)
+    assert arrays["face"].shape[0] == int(seconds * 5 + 1e-6)
+    assert meta.end - meta.start == pytest.approx(seconds)
+    assert (meta.start * 25) == pytest.approx(round(meta.start * 25))
 
 
 def test_bucket_edges_are_geometric_and_end_at_max():
@@ -182,27 +189,34 @@ def test_ray_pipeline_skips_a_corrupt_shard_and_counts_bad_records(train_shards,
                                                                    local_ray):  # fmt: skip
     root = _copy(train_shards, tmp_path / "s")
     # a shard whose index matches but whose tar breaks mid-way: only Ray's read finds it
-    bad = root / "speech" / "spk-00002.tar"
+    bad = root / "train" / "speech" / "spk-00002.tar"
     with tarfile.open(bad) as tar:
         offset = tar.getmembers()[4].offset  # the header of the second sample's first member
     data = bytearray(bad.read_bytes())
     data[offset : offset + 512] = b"\xff" * 512
     bad.write_bytes(bytes(data))
     # a shard without an index (as other tools write them), cut mid-way: Ray's read fails
-    cut = root / "speech" / "spk-00003.tar"
-    cut.write_bytes((root / "speech" / "spk-00001.tar").read_bytes()[:30000])
+    cut = root / "train" / "speech" / "spk-00003.tar"
+    cut.write_bytes((root / "train" / "speech" / "spk-00001.tar").read_bytes()[:30000])
     # a record of an unknown schema version in its own shard
     rng = np.random.default_rng(3)
     clip = make_clip("z/00000", 1.0, "from the future", rng, video=False)
     clip.meta["schema_version"] = 7
-    w = ShardWriter(root / "speech", "future", 1 << 30, 10)
+    w = ShardWriter(root / "train" / "speech", "future", 1 << 30, 10)
     w.write(clip)
     w.close()
     cfg = CurriculumConfig.model_validate(
         debug_dict(shards=str(root), data={"max_bad_shards": 0.5})
     )
     plan = plan_stage(cfg, cfg.stages[0])
-    assert plan.shards == 5 and not plan.bad  # the cheap checks cannot see inside
+    assert plan.shards == 5 and not plan.bad  # the size checks cannot see inside
+    # counting the tar headers as the reader will finds the two samples past the bad header
+    assert plan.lost_samples == 2 and [c.uri for c in plan.lossy] == [str(bad)]
+    strict = CurriculumConfig.model_validate(
+        debug_dict(shards=str(root), data={"max_bad_shards": 0.5, "max_lost_samples": 1})
+    )
+    with pytest.raises(ConfigError, match=r"2 samples are lost .*spk-00002.tar: 2 of 4"):
+        plan_stage(strict, strict.stages[0])
     ds = build_dataset(plan, STEMS, 100.0, max_bad_shards=0.5, seed=0)
     rows = ds.take_all()
     ok = [r for r in rows if not r["error"]]
@@ -219,12 +233,14 @@ def test_ray_pipeline_skips_a_corrupt_shard_and_counts_bad_records(train_shards,
 
 def test_tar_member_layout_matches_the_reader(train_shards):
     """The shards the tests train on are what ingest writes: members <key>.<field>."""
-    with tarfile.open(train_shards / "movies" / "clip-00000.tar") as tar:
+    with tarfile.open(train_shards / "train" / "movies" / "clip-00000.tar") as tar:
         names = tar.getnames()[:6]
-    assert names[0].endswith(".json") and all("/" in n for n in names)
-    meta = json.load(io.BytesIO(tarfile.open(train_shards / "movies" / "clip-00000.tar")
-                                .extractfile(names[0]).read()))  # fmt: skip
-    assert meta["schema_version"] == 1
+    first = [n for n in names if n.startswith(names[0].split(".", 1)[0] + ".")]
+    assert len(first) == 5 and all("/" in n for n in names)  # json, 2 mels, lips, face
+    json_name = next(n for n in first if n.endswith(".json"))
+    meta = json.load(io.BytesIO(tarfile.open(train_shards / "train" / "movies" / "clip-00000.tar")
+                                .extractfile(json_name).read()))  # fmt: skip
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["split"] == "train"
 
 
 def test_records_without_a_stage_task_are_dropped_before_the_split():
