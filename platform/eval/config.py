@@ -14,6 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # speaker encoders by short name (see speaker.py); "none" switches SECS off
 SPEAKER_ENCODERS = ("resemblyzer", "none")
 
+# MCD-DTW definitions (see mcd.py): "v2c" is V2C's reference code (pymcd), the one the papers'
+# tables use; "dubforge" is a standard mel-cepstrum without c0
+McdDefinition = Literal["v2c", "dubforge"]
+MCD_DEFINITION: McdDefinition = "v2c"
+
 
 class EvalConfig(BaseModel):
     """What `Evaluator` loads and how each metric is computed (defaults follow the papers)."""
@@ -28,9 +33,8 @@ class EvalConfig(BaseModel):
     syncnet_path: Path | None = None
     speaker_encoder: str = "resemblyzer"
     device: str = "cpu"
-    # MCD: pymcd (the V2C reference code) keeps c0 in the frame distance and reads WORLD's
-    # power envelope as an amplitude; True reproduces both for comparison with published tables
-    mcd_v2c_compat: bool = False
+    # MCD-DTW(-SL) definition: "v2c" as the papers report it, "dubforge" without pymcd's quirks
+    mcd_definition: McdDefinition = MCD_DEFINITION
     f0_method: Literal["dio", "harvest"] = "dio"
     # how F0 frames of generated and reference speech are paired for GPE/VDE/FFE
     f0_alignment: Literal["dtw", "direct"] = "dtw"
@@ -41,6 +45,8 @@ class EvalConfig(BaseModel):
     # AV-Align: an audio peak matches a video peak closer than this many video frames
     av_align_window_frames: float = Field(1.0, gt=0.0)
     lse_vshift: int = Field(15, ge=1)
+    # DNSMOS from the ONNX models bundled in speechmos; False -> DNSMOS is "not available"
+    dnsmos: bool = True
 
     @field_validator("speaker_encoder")
     @classmethod

@@ -19,13 +19,30 @@ import numpy as np
 from dubforge.eval.audio import check_wave
 from dubforge.eval.results import MetricResult
 
-# label and direction for the Markdown header (units: MCD dB, sync seconds, the rest ratios)
+# label and direction for the Markdown header (units: MCD dB, sync seconds, DNSMOS MOS 1..5,
+# background energy ratio dB, the rest ratios)
 LABELS = {
-    "mcd_dtw": "MCD-DTW ↓", "mcd_dtw_sl": "MCD-DTW-SL ↓", "gpe": "GPE ↓", "vde": "VDE ↓",
-    "ffe": "FFE ↓", "sync_onset_error": "onset err (s) ↓", "sync_offset_error": "offset err (s) ↓",
-    "speech_length_ratio": "length ratio →1", "secs": "SECS ↑", "wer": "WER ↓",
-    "av_align": "AV-Align ↑", "lse_d": "LSE-D ↓", "lse_c": "LSE-C ↑",
-}  # fmt: skip
+    "mcd_dtw": "MCD-DTW ↓",
+    "mcd_dtw_sl": "MCD-DTW-SL ↓",
+    "gpe": "GPE ↓",
+    "vde": "VDE ↓",
+    "ffe": "FFE ↓",
+    "sync_onset_error": "onset err (s) ↓",
+    "sync_offset_error": "offset err (s) ↓",
+    "speech_length_ratio": "length ratio →1",
+    "secs": "SECS ↑",
+    "wer": "WER ↓",
+    "dnsmos_sig": "DNSMOS SIG ↑",
+    "dnsmos_bak": "DNSMOS BAK ↑",
+    "dnsmos_ovrl": "DNSMOS OVRL ↑",
+    "dnsmos_p808": "DNSMOS P.808 ↑",
+    "av_align": "AV-Align ↑",
+    "lse_d": "LSE-D ↓",
+    "lse_c": "LSE-C ↑",
+    "bg_av_align": "BG AV-Align ↑",
+    "bg_dnsmos_bak": "BG DNSMOS BAK ↑",
+    "bg_energy_ratio_db": "BG energy (dB) →0",
+}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -131,9 +148,8 @@ def _spectrogram_png(x: np.ndarray, sr: int, path: Path, title: str) -> None:
     FigureCanvasAgg(fig)  # the Agg canvas: no display, no pyplot global state
     ax = fig.add_subplot()
     im = ax.imshow(
-        db, origin="lower", aspect="auto", cmap="magma",
-        extent=(0.0, len(x) / sr, 0, db.shape[0]),
-    )  # fmt: skip
+        db, origin="lower", aspect="auto", cmap="magma", extent=(0.0, len(x) / sr, 0, db.shape[0])
+    )
     ax.set(xlabel="time (s)", ylabel="mel band", title=title)
     fig.colorbar(im, ax=ax, format="%+.0f dB")
     fig.tight_layout()

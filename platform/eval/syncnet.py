@@ -7,9 +7,9 @@ Our own implementation; module names and layer order match syncnet_python's `S`,
 
 Inputs, as the released evaluation feeds them:
   video  face-track crops resized to 224x224, BGR, float 0..255, 25 fps; windows of 5 frames
-  audio  16 kHz int16-scaled samples -> MFCC (python_speech_features defaults: 25 ms / 10 ms,
-         512-point FFT, 26 mel bands, 13 coefficients, lifter 22, c0 = log frame energy,
-         pre-emphasis 0.97) at 100 Hz; video frame k pairs with MFCC frames 4k .. 4k+19
+  audio  16 kHz int16 samples -> MFCC by python_speech_features with its defaults (25 ms /
+         10 ms, 512-point FFT, 26 mel bands, 13 coefficients, lifter 22, c0 = log frame
+         energy, pre-emphasis 0.97) at 100 Hz; video frame k pairs with MFCC frames 4k .. 4k+19
 Scores, with v_k, a_k the 1024-d video/audio embeddings of window k (K windows) and
 zero-padded audio embeddings outside 0..K-1:
     D(o)  = 1/K * sum_k || v_k - a_{k+o} ||_2          for offsets o = -15 .. 15 frames
@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import python_speech_features
 import torch
-from scipy.fft import dct
 from torch import nn
 
 from dubforge.eval.audio import check_wave, resample
@@ -106,34 +106,13 @@ def load_syncnet(path: str | Path, device: str = "cpu") -> SyncNet:
 
 
 def mfcc(wave16k: np.ndarray) -> np.ndarray:
-    """[13, F] MFCC at 100 Hz of float audio in [-1, 1] at 16 kHz (python_speech_features'
-    defaults, on int16-scaled samples as syncnet_python reads its wav files)."""
-    x = np.asarray(wave16k, np.float64) * 32768.0
-    x = np.append(x[0], x[1:] - 0.97 * x[:-1])
-    win, hop, nfft = 400, 160, 512
-    n = 1 if len(x) <= win else 1 + int(np.ceil((len(x) - win) / hop))
-    x = np.pad(x, (0, (n - 1) * hop + win - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, win)[::hop][:n]  # [F, 400]
-    power = np.abs(np.fft.rfft(frames, nfft)) ** 2 / nfft  # [F, 257]
-    eps = np.finfo(float).eps
-    energy = np.maximum(power.sum(axis=1), eps)
-    feat = np.log(np.maximum(power @ _mel_bank(26, nfft, AUDIO_RATE).T, eps))
-    cep = dct(feat, type=2, axis=1, norm="ortho")[:, :13]
-    cep *= 1 + 11.0 * np.sin(np.pi * np.arange(13) / 22)  # lifter L = 22
-    cep[:, 0] = np.log(energy)
-    return cep.T
-
-
-def _mel_bank(nfilt: int, nfft: int, sr: int) -> np.ndarray:
-    """Triangular mel filters [nfilt, nfft // 2 + 1] on FFT bins (python_speech_features)."""
-    mel = np.linspace(0, 2595 * np.log10(1 + (sr / 2) / 700), nfilt + 2)
-    edges = np.floor((nfft + 1) * (700 * (10 ** (mel / 2595) - 1)) / sr).astype(int)
-    bank = np.zeros((nfilt, nfft // 2 + 1))
-    for j in range(nfilt):
-        lo, mid, hi = edges[j], edges[j + 1], edges[j + 2]
-        bank[j, lo:mid] = (np.arange(lo, mid) - lo) / (mid - lo)
-        bank[j, mid:hi] = (hi - np.arange(mid, hi)) / (hi - mid)
-    return bank
+    """[13, F] MFCC at 100 Hz of float audio in [-1, 1] at 16 kHz, exactly as syncnet_python
+    computes it: `python_speech_features.mfcc(audio, 16000)` with its defaults on the int16
+    samples of the extracted wav file, transposed to coefficients x frames."""
+    # the int16 samples ffmpeg writes (round to nearest, saturate) and wavfile.read returns
+    pcm = np.clip(np.round(np.asarray(wave16k, np.float64) * 32768.0), -32768, 32767)
+    feats = python_speech_features.mfcc(pcm.astype(np.int16), AUDIO_RATE)  # [F, 13]
+    return np.ascontiguousarray(feats.T)
 
 
 def _video_tensor(frames: np.ndarray, fps: float) -> torch.Tensor:

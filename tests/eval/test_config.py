@@ -14,6 +14,7 @@ def test_defaults_need_no_model_files():
     cfg = EvalConfig()
     assert cfg.asr_path is None and cfg.syncnet_path is None
     assert cfg.speaker_encoder == "resemblyzer" and cfg.gpe_threshold == 0.2
+    assert cfg.mcd_definition == "v2c" and cfg.dnsmos is True  # the papers' protocol
 
 
 def test_paths_parse_and_config_is_frozen():
@@ -31,6 +32,8 @@ def test_paths_parse_and_config_is_frozen():
         ("f0_method", "crepe", "f0_method"),
         ("gpe_threshold", 1.5, "gpe_threshold"),
         ("activity_detector", "webrtc", "activity_detector"),
+        ("mcd_definition", "pymcd", "mcd_definition"),
+        ("mcd_v2c_compat", True, "mcd_v2c_compat"),
     ],
 )
 def test_bad_values_name_the_field(field, value, message):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dubforge.eval import METRICS, EvalConfig, Evaluator, evaluate_pair
+from dubforge.eval.mcd import mcd_dtw
 from tests.eval.signals import SR, TEXT_A, pad
 from tests.eval.tiny_models import save_random_syncnet
 
@@ -40,6 +41,9 @@ def test_a_perfect_dub_scores_perfectly(speech, evaluator):
     assert v["speech_length_ratio"] == 1.0
     assert v["secs"] == pytest.approx(1.0, abs=1e-6)
     assert v["wer"] == 0.0
+    for name in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808"):
+        assert 1.0 <= v[name] <= 5.0, name  # a MOS: no "perfect" value for a copy
+    assert res["mcd_dtw"].details["definition"] == "v2c"  # the papers' MCD by default
     for name in ("av_align", "lse_d", "lse_c"):
         assert v[name] is None and res[name].reason
 
@@ -80,6 +84,50 @@ def test_not_available_without_text_or_models(speech):
         )["wer"].reason
         == "no reference text given"
     )
+
+
+def test_dnsmos_can_be_switched_off(speech):
+    ev = Evaluator(EvalConfig(speaker_encoder="none", dnsmos=False))
+    assert ev.dnsmos is None
+    res = ev(speech["m3_a"], speech["m3_a"], SR)
+    for name in ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808"):
+        assert res[name].value is None and "EvalConfig.dnsmos" in res[name].reason
+
+
+def test_mcd_definition_comes_from_the_config(speech):
+    gen, ref = speech["f3_a"], speech["m3_a"]
+    cfg = {"speaker_encoder": "none", "dnsmos": False}
+    v2c = Evaluator(EvalConfig(**cfg))(gen, ref, SR)["mcd_dtw"]
+    ours = Evaluator(EvalConfig(mcd_definition="dubforge", **cfg))(gen, ref, SR)["mcd_dtw"]
+    assert v2c.details["definition"] == "v2c" and ours.details["definition"] == "dubforge"
+    assert v2c.value == mcd_dtw(gen, ref, SR)[0].value
+    assert ours.value == mcd_dtw(gen, ref, SR, "dubforge")[0].value
+    assert abs(v2c.value - ours.value) > 0.5
+
+
+def test_wer_spelling_table_comes_from_the_asr_folder(tmp_path):
+    (tmp_path / "normalizer.json").write_text('{"colour": "color"}')
+    hears = _fake_asr("the color of the river")
+    wave = np.sin(2 * np.pi * 200 * np.arange(SR) / SR).astype(np.float32)
+    cfg = {"speaker_encoder": "none", "dnsmos": False}
+    with_table = Evaluator(EvalConfig(asr_path=tmp_path, **cfg), asr=hears)
+    without = Evaluator(EvalConfig(**cfg), asr=hears)
+    text = "The colour of the river."
+    assert with_table(wave, wave, SR, text=text)["wer"].value == 0.0
+    assert without(wave, wave, SR, text=text)["wer"].value == pytest.approx(1 / 5)
+
+
+def test_background_stem_is_scored_with_the_same_models(evaluator):
+    from dubforge.eval.background import BG_METRICS
+    from tests.eval.signals import bursts, jumping_square
+
+    onsets = [0.2, 0.6, 1.0]
+    stem, video = bursts(onsets, 1.4), jumping_square([round(t * 25) for t in onsets], 35)
+    res = evaluator.background(stem, 0.5 * stem, SR, video_frames=video, fps=25.0)
+    assert tuple(res) == BG_METRICS
+    assert res["bg_av_align"].value == 1.0
+    assert res["bg_energy_ratio_db"].value == pytest.approx(6.0206, abs=1e-4)
+    assert 1.0 <= res["bg_dnsmos_bak"].value <= 5.0
 
 
 def test_wer_runs_through_the_configured_whisper(speech, whisper_dir):

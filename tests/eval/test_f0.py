@@ -21,8 +21,11 @@ def test_counts_follow_the_definitions():
     assert e["vde"].value == pytest.approx(2 / 8)
     assert e["ffe"].value == pytest.approx((2 + 2) / 8)
     assert e["gpe"].details == {
-        "frames": 8, "voiced_both": 5, "voicing_errors": 2, "gross_errors": 2
-    }  # fmt: skip
+        "frames": 8,
+        "voiced_both": 5,
+        "voicing_errors": 2,
+        "gross_errors": 2,
+    }
     assert f0_errors(gen, ref, threshold=0.1)["gpe"].value == pytest.approx(3 / 5)
 
 

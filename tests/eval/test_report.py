@@ -12,11 +12,19 @@ from dubforge.eval.report import save_sample, summarize, write_report
 from dubforge.eval.results import MetricResult, measured, not_available
 
 ROWS = [
-    {"sample": "clip_a", "mcd_dtw": measured("mcd_dtw", 4.0, path_len=3), "wer": 0.5,
-     "lse_d": not_available("lse_d", "no SyncNet weights configured")},
-    {"sample": "clip_b", "mcd_dtw": measured("mcd_dtw", 6.0), "wer": None,
-     "lse_d": not_available("lse_d", "no SyncNet weights configured")},
-]  # fmt: skip
+    {
+        "sample": "clip_a",
+        "mcd_dtw": measured("mcd_dtw", 4.0, path_len=3),
+        "wer": 0.5,
+        "lse_d": not_available("lse_d", "no SyncNet weights configured"),
+    },
+    {
+        "sample": "clip_b",
+        "mcd_dtw": measured("mcd_dtw", 6.0),
+        "wer": None,
+        "lse_d": not_available("lse_d", "no SyncNet weights configured"),
+    },
+]
 
 
 def test_summary_averages_available_values_only():
@@ -71,3 +79,19 @@ def test_metric_results_never_hide_a_missing_value():
         MetricResult("x", float("nan"))
     r = not_available("x", "why")
     assert not r.available and r.to_dict() == {"value": None, "reason": "why", "details": {}}
+
+
+def test_every_metric_has_a_label_in_table_order(tmp_path):
+    from dubforge.eval.background import BG_METRICS
+    from dubforge.eval.evaluate import METRICS
+    from dubforge.eval.report import LABELS
+
+    assert list(LABELS) == [*METRICS, *BG_METRICS]
+    row = {
+        "sample": "clip",
+        "bg_energy_ratio_db": measured("bg_energy_ratio_db", -3.0),
+        "dnsmos_ovrl": measured("dnsmos_ovrl", 3.2),
+        "mcd_dtw": measured("mcd_dtw", 5.0),
+    }
+    md = write_report([row], tmp_path)["markdown"].read_text().splitlines()
+    assert md[0] == "| sample | MCD-DTW ↓ | DNSMOS OVRL ↑ | BG energy (dB) →0 |"

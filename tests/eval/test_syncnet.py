@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import python_speech_features
 import torch
 
 from dubforge.eval.syncnet import SyncNet, load_syncnet, lse_metrics, lse_scores, mfcc
@@ -41,13 +42,20 @@ def test_loader_restores_the_saved_weights(weights, tmp_path):
         load_syncnet(tmp_path / "missing.model")
 
 
-def test_mfcc_frames_at_100hz():
-    x = 0.1 * np.random.default_rng(0).standard_normal(RATE)
+def test_mfcc_is_python_speech_features_on_the_int16_wav():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([0.1 * rng.standard_normal(RATE), [1.5, -1.5]])  # two clipped samples
     m = mfcc(x)
-    assert m.shape == (13, 99)  # 1 + ceil((16000 - 400) / 160)
-    # c0 is the log energy of each pre-emphasised, int16-scaled 25 ms frame
-    y = x * 32768.0
-    y = np.append(y[0], y[1:] - 0.97 * y[:-1])[:400]
+    assert m.shape == (13, 99)  # 1 + ceil((16002 - 400) / 160) frames at 100 Hz
+    # syncnet_python: wavfile.read -> int16, then zip(*mfcc(audio, 16000)) stacked
+    pcm = np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
+    expected = np.stack(
+        [np.array(c) for c in zip(*python_speech_features.mfcc(pcm, RATE), strict=True)]
+    )
+    np.testing.assert_array_equal(m, expected)
+    # c0 is the log energy of each pre-emphasised 25 ms frame of the int16 samples
+    y = pcm[:400].astype(np.float64)
+    y = np.append(y[0], y[1:] - 0.97 * y[:-1])
     assert m[0, 0] == pytest.approx(np.log((np.abs(np.fft.rfft(y, 512)) ** 2).sum() / 512))
 
 

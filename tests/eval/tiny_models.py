@@ -7,9 +7,13 @@ from pathlib import Path
 import torch
 
 SPECIALS = (
-    "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>", "<|nocaptions|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|transcribe|>",
+    "<|translate|>",
+    "<|nocaptions|>",
     "<|notimestamps|>",
-)  # fmt: skip
+)
 
 
 def make_tiny_whisper(folder: Path) -> Path:
@@ -30,18 +34,32 @@ def make_tiny_whisper(folder: Path) -> Path:
     tok.add_special_tokens({"additional_special_tokens": list(SPECIALS)})
     eot, sot = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids(SPECIALS[0])
     cfg = WhisperConfig(
-        vocab_size=len(tok), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-        decoder_ffn_dim=64, max_target_positions=32, pad_token_id=eot, bos_token_id=eot,
-        eos_token_id=eot, decoder_start_token_id=sot,
-    )  # fmt: skip
+        vocab_size=len(tok),
+        num_mel_bins=80,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_target_positions=32,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=sot,
+    )
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(cfg).eval()
     # the decoder may only emit byte symbols (ids < 256) or end: it must produce some text
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, max_length=12,
-        suppress_tokens=list(range(eot + 1, len(tok))), begin_suppress_tokens=[eot],
-    )  # fmt: skip
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_length=12,
+        suppress_tokens=list(range(eot + 1, len(tok))),
+        begin_suppress_tokens=[eot],
+    )
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tok).save_pretrained(
