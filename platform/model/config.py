@@ -11,9 +11,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dubforge.schema import TASKS
+
 PRESET_NAMES = ("tiny", "small", "base")  # presets.PRESETS holds the builders
-TASK_NAMES = ("tts", "v2a", "v2s", "v2st")
+TASK_NAMES = TASKS
 SWAY_MAX = 2.0 / (math.pi - 2.0)  # F5-TTS: sway sampling stays monotonic for s in [-1, this]
+# The one home of the dropout and guidance defaults: these sections and flow.FlowOptions /
+# flow.Guidance read them. Nested dropout: P of training each MM-MovieDubber eq. 9 branch,
+# (V, C, T), (phi, C, T), (phi, phi, T), (phi, phi, phi), so the null branch that eq. 9
+# subtracts is learnt at 6 % instead of the 0.05^3 * 0.3 of independent drops.
+BRANCH_PROBS = (0.80, 0.07, 0.07, 0.06)
+REF_DROP = 0.3  # F5-TTS drops the audio prompt (our reference voice) at 30 %
+GUIDANCE_SCALE = 2.0  # lambda_V = lambda_C = lambda_T
 
 
 class _Section(BaseModel):
@@ -44,12 +53,48 @@ class SpaceSection(_Section):
 
 
 class DropoutSection(_Section):
-    """Per-sample condition dropout in training (MM-MovieDubber: 5 % each; F5-TTS: ref 30 %)."""
+    """Nested condition dropout in training (DESIGN.md "Model"): one draw per sample picks the
+    MM-MovieDubber eq. 9 branch it trains, so every branch guidance evaluates is learnt at a
+    set rate. The null draw drops the reference voice too (F5-TTS drops audio prompt and text
+    together); in the other draws the reference is dropped independently at `ref`."""
 
-    video: float = Field(0.05, ge=0, le=1)
-    labels: float = Field(0.05, ge=0, le=1)
-    text: float = Field(0.05, ge=0, le=1)
-    ref: float = Field(0.3, ge=0, le=1, description="reference-voice (in-context) dropout")
+    full: float = Field(BRANCH_PROBS[0], ge=0, le=1, description="P(V, C, T): nothing dropped")
+    no_video: float = Field(BRANCH_PROBS[1], ge=0, le=1, description="P(phi, C, T)")
+    no_video_labels: float = Field(BRANCH_PROBS[2], ge=0, le=1, description="P(phi, phi, T)")
+    null: float = Field(
+        BRANCH_PROBS[3], ge=0, le=1, description="P(phi, phi, phi), reference dropped as well"
+    )
+    ref: float = Field(
+        REF_DROP, ge=0, le=1, description="reference-voice dropout in the non-null draws"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_independent_rates(cls, data: object) -> object:
+        old = sorted({"video", "labels", "text"} & set(data)) if isinstance(data, dict) else []
+        if old:
+            raise ValueError(
+                f"dropout.{', dropout.'.join(old)}: independent per-condition rates were "
+                "replaced by nested branch probabilities; set dropout.full, dropout.no_video, "
+                "dropout.no_video_labels, dropout.null (summing to 1) and dropout.ref, e.g. "
+                "{full: 0.8, no_video: 0.07, no_video_labels: 0.07, null: 0.06, ref: 0.3}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> DropoutSection:
+        total = sum(self.branch_probs)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"dropout.full + dropout.no_video + dropout.no_video_labels + dropout.null = "
+                f"{total:g}; these branch probabilities must sum to 1, e.g. 0.8, 0.07, 0.07, 0.06"
+            )
+        return self
+
+    @property
+    def branch_probs(self) -> tuple[float, float, float, float]:
+        """(full, no_video, no_video_labels, null): the order of flow.BRANCHES."""
+        return (self.full, self.no_video, self.no_video_labels, self.null)
 
 
 class LossSection(_Section):
@@ -69,13 +114,13 @@ class LossSection(_Section):
 
 
 class GuidanceSection(_Section):
-    """Multi-condition CFG scales (MM-MovieDubber eq. 9)."""
+    """Multi-condition CFG scales (MM-MovieDubber eq. 9). Its null branch drops the reference
+    voice as well, as training's null draw does; equal scales need only two branches."""
 
     enabled: bool = True
-    video: float = Field(2.0, description="lambda_V")
-    labels: float = Field(2.0, description="lambda_C")
-    text: float = Field(2.0, description="lambda_T")
-    null_drops_ref: bool = Field(True, description="the all-null branch drops the reference too")
+    video: float = Field(GUIDANCE_SCALE, description="lambda_V")
+    labels: float = Field(GUIDANCE_SCALE, description="lambda_C")
+    text: float = Field(GUIDANCE_SCALE, description="lambda_T")
 
 
 class SamplerSection(_Section):

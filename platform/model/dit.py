@@ -31,8 +31,7 @@ from dubforge.model.modules import (
     RotaryEmbedding,
     TimestepEmbedding,
 )
-
-STREAMS = ("speech", "background")  # stream id -> stem
+from dubforge.schema import STREAMS  # stream id -> stem
 
 
 class DiT(nn.Module):

@@ -4,8 +4,12 @@ Objective (F5-TTS; Lipman et al. 2023 "Flow Matching", sec. 4.1 OT path; MM-Movi
     x_t = (1 - (1 - sigma) t) x0 + t x1,   u_t = x1 - (1 - sigma) x0,   x0 ~ N(0, I)
     L = || v(x_t, t, conditions) - u_t ||^2 over the frames to generate (the span), plus
         dur_weight * L_dur (MM-MovieDubber eq. 7: BCE of per-frame speech activity from lips).
+Condition dropout is nested (DESIGN.md "Model"): one draw per sample picks which eq. 9 branch
+it trains, so each branch guidance evaluates, the all-null one included, is learnt at a set rate.
 Sampler: Euler or midpoint over a sway-sampled time grid (F5-TTS, "sway sampling"); guidance per
-MM-MovieDubber eq. 9 with the four branches packed into one batched forward per step.
+MM-MovieDubber eq. 9 with the branches it needs packed into one batched forward per step: four
+for distinct scales, two (full and null) when the three are equal, one when eq. 9 reduces to a
+single branch (unguided, all scales 0 or all 1).
 
 Shape key: b = batch, s = streams, n = latent frames, c = latent width.
 """
@@ -13,7 +17,7 @@ Shape key: b = batch, s = streams, n = latent frames, c = latent width.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dubforge.model.conditions import Conditions, Drop
+from dubforge.model.config import BRANCH_PROBS, GUIDANCE_SCALE, REF_DROP
 
 if TYPE_CHECKING:
     from dubforge.model.batch import Batch
@@ -31,23 +36,42 @@ Method = Literal["euler", "midpoint"]
 SWAY_RANGE = (-1.0, 2.0 / (math.pi - 2.0))  # F5-TTS: the sway map stays monotonic in this range
 
 
+# MM-MovieDubber eq. 9's branches: which of (video, labels, text, reference) each sets to phi.
+# Training's nested dropout draws these same patterns (`random_drop`) and the sampler evaluates
+# them (`cfg_branches`), so guidance only ever reads functions the model has learnt. The null
+# branch drops the reference as well: eq. 9's unconditional velocity, as in F5-TTS, which drops
+# the audio prompt and the text together.
+BRANCHES: tuple[tuple[bool, bool, bool, bool], ...] = (
+    (False, False, False, False),  # (V, C, T)
+    (True, False, False, False),  # (phi, C, T)
+    (True, True, False, False),  # (phi, phi, T)
+    (True, True, True, True),  # (phi, phi, phi), no reference
+)
+FULL, NO_VIDEO, NO_VIDEO_LABELS, NULL = range(len(BRANCHES))
+
+
 @dataclass(frozen=True)
 class FlowOptions:
-    """Training settings of the objective: OT-path sigma, per-sample dropout probabilities of
-    each condition (MM-MovieDubber: video, labels, text at 5 %; F5-TTS drops the reference
-    audio at 30 %) and the weight of the duration loss."""
+    """Training settings of the objective: OT-path sigma, the nested dropout's probability of
+    each branch in `BRANCHES` order (full, no video, no video + labels, null; summing to 1), the
+    reference-voice dropout of the non-null draws (the null draw always drops it) and the
+    weight of the duration loss. Defaults: dubforge.model.config."""
 
     sigma: float = 0.0
-    drop_video: float = 0.05
-    drop_labels: float = 0.05
-    drop_text: float = 0.05
-    drop_ref: float = 0.3
+    branch_probs: tuple[float, float, float, float] = BRANCH_PROBS
+    drop_ref: float = REF_DROP
     dur_weight: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("sigma", "drop_video", "drop_labels", "drop_text", "drop_ref"):
+        for name in ("sigma", "drop_ref"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"FlowOptions.{name} must lie in [0, 1]")
+        p = self.branch_probs
+        if len(p) != len(BRANCHES) or min(p) < 0 or abs(sum(p) - 1.0) > 1e-6:
+            raise ValueError(
+                f"FlowOptions.branch_probs={p}: need {len(BRANCHES)} probabilities >= 0 that sum "
+                "to 1 (full, no video, no video + labels, null), e.g. (0.8, 0.07, 0.07, 0.06)"
+            )
         if self.dur_weight < 0:
             raise ValueError("FlowOptions.dur_weight must be >= 0")
 
@@ -55,14 +79,12 @@ class FlowOptions:
 @dataclass(frozen=True)
 class Guidance:
     """Multi-condition CFG scales (MM-MovieDubber eq. 9): lambda_V (video), lambda_C (labels,
-    the "conclusion"), lambda_T (script). All 1.0 reproduces the fully conditioned velocity.
-    `null_drops_ref`: the all-null branch also drops the reference voice, as F5-TTS's
-    unconditional branch does (eq. 9 does not name the reference)."""
+    the "conclusion"), lambda_T (script). All 1.0 reproduces the fully conditioned velocity,
+    all 0.0 the null one. Defaults: dubforge.model.config."""
 
-    video: float = 2.0
-    labels: float = 2.0
-    text: float = 2.0
-    null_drops_ref: bool = True
+    video: float = GUIDANCE_SCALE
+    labels: float = GUIDANCE_SCALE
+    text: float = GUIDANCE_SCALE
 
 
 def _randn(
@@ -84,10 +106,15 @@ def _rand(
 def random_drop(
     b: int, opts: FlowOptions, generator: torch.Generator | None, device: torch.device
 ) -> Drop:
-    """Independent per-sample Bernoulli drops of video, labels, text and reference."""
-    u = _rand((4, b), generator, device)  # u: [4, b]
-    p = (opts.drop_video, opts.drop_labels, opts.drop_text, opts.drop_ref)
-    return Drop(*(u[i] < p[i] for i in range(4)))
+    """Nested per-sample dropout: one draw per sample picks a branch of `BRANCHES` with
+    probabilities `opts.branch_probs`; the reference is dropped with the null branch, and in
+    the other branches independently at `opts.drop_ref`."""
+    u = _rand((2, b), generator, device)  # u: [2, b]
+    edges = torch.tensor(opts.branch_probs, device=device).cumsum(0)[:-1]  # edges: [3]
+    which = torch.searchsorted(edges, u[0], right=True)  # which: [b], branch index 0..3
+    flags = torch.tensor(BRANCHES, device=device)[which]  # flags: [b, 4]
+    ref = flags[:, 3] | (u[1] < opts.drop_ref)
+    return Drop(video=flags[:, 0], labels=flags[:, 1], text=flags[:, 2], ref=ref)
 
 
 def ot_path(x0: Tensor, x1: Tensor, t: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
@@ -161,30 +188,51 @@ def integrate(
     return x
 
 
-def cfg_combine(
-    v_full: Tensor, v_no_v: Tensor, v_no_vc: Tensor, v_null: Tensor, g: Guidance
-) -> Tensor:
-    """MM-MovieDubber eq. 9: v(phi,phi,phi) + lV (v(V,C,T) - v(phi,C,T))
-    + lC (v(phi,C,T) - v(phi,phi,T)) + lT (v(phi,phi,T) - v(phi,phi,phi))."""
-    return (
-        v_null
-        + g.video * (v_full - v_no_v)
-        + g.labels * (v_no_v - v_no_vc)
-        + g.text * (v_no_vc - v_null)
-    )
+def cfg_weights(g: Guidance) -> tuple[float, float, float, float]:
+    """MM-MovieDubber eq. 9 regrouped per branch, in `BRANCHES` order:
+    g' = lV v(V,C,T) + (lC - lV) v(phi,C,T) + (lT - lC) v(phi,phi,T) + (1 - lT) v(phi,phi,phi).
+    Equal scales l leave (l, 0, 0, 1 - l): eq. 9 is then exactly the two-branch
+    v(phi,phi,phi) + l (v(V,C,T) - v(phi,phi,phi))."""
+    return (g.video, g.labels - g.video, g.text - g.labels, 1.0 - g.text)
 
 
-def cfg_branches(conds: Conditions, g: Guidance) -> Conditions:
-    """The four eq. 9 branches stacked on the batch: [full | no video | no video, no labels |
-    nothing] -> batch 4b, built once before the ODE loop."""
+def cfg_terms(g: Guidance | None) -> tuple[tuple[int, float], ...]:
+    """(branch, weight) of the eq. 9 branches with a non-zero weight, the ones a guided step
+    must evaluate; g=None (unguided) is the full branch alone."""
+    if g is None:
+        return ((FULL, 1.0),)
+    return tuple((i, w) for i, w in enumerate(cfg_weights(g)) if w != 0.0)
+
+
+def cfg_branches(conds: Conditions, branches: Sequence[int]) -> Conditions:
+    """The given `BRANCHES` stacked on the batch in that order -> batch len(branches) * b,
+    built once before the ODE loop."""
     b, device = conds.ref.shape[0], conds.ref.device
-    drops = (
-        Drop.constant(b, device, video=False, labels=False, text=False, ref=False),
-        Drop.constant(b, device, video=True, labels=False, text=False, ref=False),
-        Drop.constant(b, device, video=True, labels=True, text=False, ref=False),
-        Drop.constant(b, device, video=True, labels=True, text=True, ref=g.null_drops_ref),
-    )
+    drops = []
+    for i in branches:
+        video, labels, text, ref = BRANCHES[i]
+        drops.append(Drop.constant(b, device, video=video, labels=labels, text=text, ref=ref))
     return Conditions.cat([conds.drop(d) for d in drops])
+
+
+def guided_velocity(
+    model: Dubber, conds: Conditions, cfg: Guidance | None
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """velocity(x [b, s, n, c], t 0-d) -> eq. 9's guided velocity [b, s, n, c], from one
+    forward of the needed branches packed on the batch (k * b rows, k = len(cfg_terms(cfg)))."""
+    branches, weights = zip(*cfg_terms(cfg), strict=True)
+    packed = cfg_branches(conds, branches)
+    k = len(branches)
+
+    def velocity(x: Tensor, t: Tensor) -> Tensor:
+        xs = x.repeat(k, 1, 1, 1)  # xs: [k * b, s, n, c]
+        v = model.velocity(xs, t.expand(xs.shape[0]), packed).chunk(k, dim=0)  # k x [b, s, n, c]
+        out = weights[0] * v[0]
+        for w, vi in zip(weights[1:], v[1:], strict=True):
+            out = out + w * vi
+        return out
+
+    return velocity
 
 
 @torch.no_grad()
@@ -200,18 +248,12 @@ def sample(
 ) -> Tensor:
     """Generate latents [b, s, n, c] for the batch's span frames; frames outside the span keep
     the reference, padding is zero. Condition encoders run once; each step is one forward of
-    batch b (no cfg) or 4b (cfg). Seeded: same seed and inputs -> same output."""
+    batch k * b, k = the eq. 9 branches with non-zero weight (`cfg_terms`): 1 unguided, 2 for
+    equal scales, 4 for distinct ones. Seeded: same seed and inputs -> same output."""
     conds, _ = model.encode_conditions(batch)
-    packed = conds if cfg is None else cfg_branches(conds, cfg)
-    branches = 1 if cfg is None else 4
     mask = batch.frame_mask[..., None]
     gen = torch.Generator().manual_seed(seed)
     x = _randn(tuple(batch.latents.shape), gen, batch.latents.device) * mask
-
-    def velocity(x: Tensor, t: Tensor) -> Tensor:
-        xs = x.repeat(branches, 1, 1, 1)  # xs: [branches * b, s, n, c]
-        v = model.velocity(xs, t.expand(xs.shape[0]), packed)
-        return v if cfg is None else cfg_combine(*v.chunk(4, dim=0), cfg)
-
+    velocity = guided_velocity(model, conds, cfg)
     x = integrate(velocity, x, time_grid(nfe, method, sway, x.device), method)
     return torch.where(batch.span[..., None], x, conds.ref) * mask

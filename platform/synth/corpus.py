@@ -26,7 +26,7 @@ from dubforge.synth.movie import write_movie
 from dubforge.synth.script import draw_speaker, sentence
 from dubforge.synth.tts import espeak
 
-SCHEMA_VERSION = 1
+TRUTH_VERSION = 1
 VTT_MOVIE = 1  # this movie's subtitles are WebVTT; all others SubRip
 
 
@@ -125,7 +125,7 @@ def generate(cfg: SynthConfig) -> dict:
             rows = [row for f in readers for row in f.result()]
         _write_speech_index(root, rows)
         index = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": TRUTH_VERSION,
             "config": cfg.model_dump(),
             "digest": digest,
             "movies": [_plain(e) for e in entries],

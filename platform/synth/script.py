@@ -12,7 +12,7 @@ import numpy as np
 
 from dubforge.synth.tts import Utterance, Word, espeak
 
-SCENE_TYPES = ("monologue", "dialogue", "narration")
+SYNTH_SCENES = ("monologue", "dialogue", "narration")
 EMOTIONS = ("neutral", "calm", "excited", "sad")
 # espeak-ng voice variants (espeak-ng-data/voices/!v), grouped by the gender they sound like
 VOICES = {
@@ -214,7 +214,7 @@ def plan_movie(
     n_scenes = max(1, int(round(duration / scene_seconds)))
     bounds = np.linspace(0.0, duration, n_scenes + 1)
     scenes = tuple(
-        Scene(k, SCENE_TYPES[(index + k) % 3], float(bounds[k]), float(bounds[k + 1]), "ab"[k % 2])
+        Scene(k, SYNTH_SCENES[(index + k) % 3], float(bounds[k]), float(bounds[k + 1]), "ab"[k % 2])
         for k in range(n_scenes)
     )
     lines: list[Line] = []

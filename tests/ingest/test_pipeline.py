@@ -24,18 +24,20 @@ def _manifest(out: Path) -> list[dict]:
 def test_every_input_is_accounted_for(ingested):
     root, cfg, summary = ingested
     rows = _manifest(root / "out")
-    inputs = {r["input_uri"].rsplit("/", 1)[-1]: r for r in rows if r["clip_no"] == -1}
+    inputs = {r["input_uri"].rsplit("/", 1)[-1]: r for r in rows if r["row_type"] == "input"}
     assert len(inputs) == 2 + 4 + len(BROKEN) + 1 == summary["inputs"]
     for name, reason in BROKEN.items():
         assert (inputs[name]["status"], inputs[name]["reason"]) == ("rejected", reason), name
     assert inputs["movie_000.mp4"]["status"] == "accepted"
     assert inputs["nosubs.mp4"]["status"] == "accepted"  # segmented by voice activity: no clips
-    assert not [r for r in rows if r["input_uri"].endswith("nosubs.mp4") and r["clip_no"] >= 0]
+    assert not [r for r in rows if r["input_uri"].endswith("nosubs.mp4") and r["row_type"] == "clip"]
 
 
 def test_clips_match_ground_truth_energy(ingested):
     root, cfg, _ = ingested
-    rows = [r for r in _manifest(root / "out") if r["clip_no"] >= 0 and "movie_" in r["input_id"]]
+    rows = [
+        r for r in _manifest(root / "out") if r["row_type"] == "clip" and "movie_" in r["input_id"]
+    ]
     checked = 0
     for movie in ("movie_000", "movie_001"):
         truth = json.loads((root / "corpus/truth" / movie / "alignment.json").read_text())
@@ -56,7 +58,7 @@ def test_clips_match_ground_truth_energy(ingested):
 
 def test_records_have_aligned_arrays(ingested):
     root, cfg, summary = ingested
-    shards = sorted((root / "out" / "shards").glob("*.tar"))
+    shards = sorted((root / "out" / "shards").glob("*/*.tar"))
     samples = [s for p in shards for s in read_shard(p)]
     assert len(samples) == summary["clips_accepted"] > 0
     movies = [s for s in samples if s.meta["kind"] == "movie"]
@@ -66,7 +68,7 @@ def test_records_have_aligned_arrays(ingested):
         frames = round((s.meta["end"] - s.meta["start"]) * 25)
         codes = s.arrays["speech.codes"]
         assert codes.dtype == np.int16 and codes.shape == (8, 3 * frames)  # 75 Hz = 3 x 25 fps
-        assert s.meta["codec"]["frame_rate"] == 75.0 and s.meta["schema_version"] == 1
+        assert s.meta["codec"]["frame_rate"] == 75.0 and s.meta["schema_version"] == 2
     for s in movies:
         frames = round((s.meta["end"] - s.meta["start"]) * 25)
         assert s.arrays["bg.codes"].shape == (8, 3 * frames)
@@ -91,12 +93,13 @@ def test_summary_accounts_for_hours_and_reasons(ingested):
     rows = _manifest(root / "out")
     written = json.loads((root / "out" / "summary.json").read_text())
     assert {**written, "this_run": None} == {**summary, "this_run": None}  # a rerun may follow
-    clips = [r for r in rows if r["clip_no"] != -1]
+    clips = [r for r in rows if r["row_type"] == "clip"]
     rejected = sum(summary["clips_rejected"].values())
     assert summary["clips_accepted"] + rejected == len(clips)
-    movies_in = [r["end"] for r in rows if r["clip_no"] == -1 and "movie_" in r["input_id"]]
+    inputs = [r for r in rows if r["row_type"] == "input"]
+    movies_in = [r["end"] for r in inputs if "movie_" in r["input_id"]]
     assert movies_in == pytest.approx([24.0, 24.0], abs=0.1)  # input rows carry their duration
-    accepted_in = sum(r["end"] for r in rows if r["clip_no"] == -1 and r["status"] == "accepted")
+    accepted_in = sum(r["end"] for r in inputs if r["status"] == "accepted")
     assert summary["hours_in"] == pytest.approx(accepted_in / 3600, abs=1e-4)
     assert 0 < summary["hours_out"] < summary["hours_in"]
     run_stats = summary["this_run"]

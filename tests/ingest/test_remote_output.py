@@ -37,7 +37,7 @@ def test_remote_output_and_resume(ingest_inputs, tmp_path, monkeypatch):
     assert len(parts) == 2 and first["clips_accepted"] == 4  # 4 utterances, 2 per unit
     assert "bucket/shards/manifest.parquet" in files and "bucket/shards/summary.json" in files
     assert len([f for f in files if f.endswith(".tar")]) == 2
-    staging = list((tmp_path / "ws" / "staging").glob("ingest-*/shards/*.tar"))
+    staging = list((tmp_path / "ws" / "staging").glob("ingest-*/shards/*/*.tar"))
     assert staging == []  # pushed units leave no local copy
 
     # an interrupted run: one unit's marker is missing and a stray shard is left over
@@ -50,7 +50,7 @@ def test_remote_output_and_resume(ingest_inputs, tmp_path, monkeypatch):
     assert _ls(remote, "bucket/shards") == files  # the stray shard is gone, the unit redone
     with remote.open_input_stream("bucket/shards/manifest.parquet") as f:
         rows = pq.read_table(io.BytesIO(f.read())).to_pylist()
-    assert sum(r["status"] == "accepted" and r["clip_no"] >= 0 for r in rows) == 4
+    assert sum(r["status"] == "accepted" and r["row_type"] == "clip" for r in rows) == 4
 
 
 def test_too_few_cpus_for_the_actor_pools_is_a_config_error():

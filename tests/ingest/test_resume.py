@@ -48,7 +48,7 @@ def _kill_tree(proc: subprocess.Popen, marker: str) -> None:
 
 
 def _clips(out: Path) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
-    samples = [s for p in sorted((out / "shards").glob("*.tar")) for s in read_shard(p)]
+    samples = [s for p in sorted((out / "shards").glob("*/*.tar")) for s in read_shard(p)]
     by_key = {s.key: (s.meta, s.arrays) for s in samples}
     assert len(by_key) == len(samples), "a clip was written twice"
     return by_key
@@ -56,7 +56,7 @@ def _clips(out: Path) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
 
 def _manifest(out: Path) -> list[tuple]:
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
-    return sorted((r["input_uri"], r["clip_no"], r["status"], r["reason"]) for r in rows)
+    return sorted((r["input_uri"], r["row_type"], r["clip_no"], r["status"], r["reason"]) for r in rows)
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(ingest_inputs, ingested, tmp_path):

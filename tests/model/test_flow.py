@@ -1,4 +1,4 @@
-"""Flow matching: dropout rates, the OT path, eq. 9 guidance, packed branches, the sampler."""
+"""Flow matching: nested dropout, the OT path, eq. 9 guidance, packed branches, the sampler."""
 
 from __future__ import annotations
 
@@ -7,13 +7,20 @@ import math
 import pytest
 import torch
 
+from dubforge.model import flow
 from dubforge.model.batch import collate
 from dubforge.model.conditions import Drop
+from dubforge.model.config import ModelConfig
 from dubforge.model.flow import (
+    BRANCHES,
+    FULL,
+    NULL,
     FlowOptions,
     Guidance,
     cfg_branches,
-    cfg_combine,
+    cfg_terms,
+    cfg_weights,
+    guided_velocity,
     integrate,
     masked_mse,
     ot_path,
@@ -21,7 +28,7 @@ from dubforge.model.flow import (
     sway_times,
     time_grid,
 )
-from dubforge.model.presets import dit_tiny
+from dubforge.model.presets import dit_tiny, flow_options
 from dubforge.model.spaces import MelSpace
 from tests.model.conftest import make_record
 
@@ -38,17 +45,52 @@ def model():
     return m.eval()
 
 
-@pytest.mark.parametrize("p", [0.05, 0.3])
-def test_per_sample_dropout_rates_and_independence(p):
-    n = 20000
-    opts = FlowOptions(drop_video=p, drop_labels=p, drop_text=p, drop_ref=0.5)
+def _branch_of(d: Drop) -> torch.Tensor:
+    """Index into BRANCHES of each sample's (video, labels, text) drop pattern; -1 if none."""
+    pattern = torch.stack([d.video, d.labels, d.text], dim=1)  # pattern: [b, 3]
+    table = torch.tensor([flags[:3] for flags in BRANCHES])  # table: [4, 3]
+    hit = (pattern[:, None] == table[None]).all(dim=-1)  # hit: [b, 4]
+    return torch.where(hit.any(dim=1), hit.float().argmax(dim=1), -1)
+
+
+def test_nested_dropout_trains_every_eq9_branch_at_its_configured_rate():
+    opts = flow_options(ModelConfig())  # the configured defaults
+    n = 200_000
     d = random_drop(n, opts, torch.Generator().manual_seed(0), torch.device("cpu"))
-    tol = 4 * math.sqrt(p * (1 - p) / n)  # 4 standard errors
-    for flags in (d.video, d.labels, d.text):
-        assert flags.shape == (n,) and abs(flags.float().mean().item() - p) < tol
-    assert abs(d.ref.float().mean().item() - 0.5) < 4 * math.sqrt(0.25 / n)
-    both = (d.video & d.text).float().mean().item()  # independent draws: p * p
-    assert abs(both - p * p) < 4 * math.sqrt(p * p * (1 - p * p) / n) + 1e-4
+    branch = _branch_of(d)
+    assert bool((branch >= 0).all())  # only eq. 9's four patterns are ever drawn
+    for i, p in enumerate(opts.branch_probs):
+        freq = (branch == i).float().mean().item()
+        assert abs(freq - p) < 5 * math.sqrt(p * (1 - p) / n), (i, freq, p)
+    # the all-null branch eq. 9 subtracts is trained at its rate (independent 5 % drops: 1e-4)
+    null = branch == NULL
+    assert opts.branch_probs[NULL] >= 0.05 and abs(null.float().mean().item() - 0.06) < 0.003
+    # the null draw drops the reference, as the sampler's null branch does; the others drop it
+    # independently of the branch at drop_ref
+    assert bool(d.ref[null].all()) and BRANCHES[NULL][3]
+    for i in range(NULL):
+        rate, m = d.ref[branch == i].float().mean().item(), int((branch == i).sum())
+        q = opts.drop_ref
+        assert abs(rate - q) < 5 * math.sqrt(q * (1 - q) / m), (i, rate)
+
+
+def test_nested_dropout_never_draws_a_zero_probability_branch():
+    opts = FlowOptions(branch_probs=(0.5, 0.0, 0.25, 0.25), drop_ref=0.0)
+    d = random_drop(50_000, opts, torch.Generator().manual_seed(1), torch.device("cpu"))
+    counts = torch.bincount(_branch_of(d), minlength=4).tolist()
+    assert counts[1] == 0 and min(counts[0], counts[2], counts[3]) > 10_000
+    assert torch.equal(d.ref, _branch_of(d) == NULL)  # drop_ref 0: only the null draw drops it
+    keep_all = FlowOptions(branch_probs=(1.0, 0.0, 0.0, 0.0), drop_ref=0.0)
+    nothing = random_drop(100, keep_all, None, torch.device("cpu"))
+    assert not any(bool(f.any()) for f in (nothing.video, nothing.labels, nothing.text))
+
+
+@pytest.mark.parametrize(
+    "probs", [(0.5, 0.5, 0.5, 0.0), (0.9, 0.05, 0.0501, -0.0001), (0.8, 0.1, 0.1)]
+)
+def test_flow_options_reject_branch_probabilities_that_are_not_a_distribution(probs):
+    with pytest.raises(ValueError, match="branch_probs"):
+        FlowOptions(branch_probs=probs)
 
 
 def test_ot_path_endpoints_and_target():
@@ -69,7 +111,17 @@ def test_loss_counts_only_masked_frames():
     assert masked_mse(v, u, mask).item() == pytest.approx((1 + 4) / 2)
 
 
-def test_cfg_combination_is_eq9_for_a_toy_velocity():
+def _eq9(v_full, v_no_v, v_no_vc, v_null, g: Guidance):
+    """MM-MovieDubber eq. 9 as printed."""
+    return (
+        v_null
+        + g.video * (v_full - v_no_v)
+        + g.labels * (v_no_v - v_no_vc)
+        + g.text * (v_no_vc - v_null)
+    )
+
+
+def test_cfg_weights_are_eq9_for_a_toy_velocity():
     # toy velocity: each present condition adds its own field; eq. 9 must weight each by lambda
     x = torch.randn(5)
     fields = {"v": torch.randn(5), "c": torch.randn(5), "t": torch.randn(5)}
@@ -78,35 +130,112 @@ def test_cfg_combination_is_eq9_for_a_toy_velocity():
         return 0.5 * x + video * fields["v"] + labels * fields["c"] + text * fields["t"]
 
     g = Guidance(video=2.5, labels=0.5, text=3.0)
-    out = cfg_combine(vel(1, 1, 1), vel(0, 1, 1), vel(0, 0, 1), vel(0, 0, 0), g)
+    branches = [vel(not v, not c, not t) for v, c, t, _ in BRANCHES]
+    out = sum(w * b for w, b in zip(cfg_weights(g), branches, strict=True))
     expected = 0.5 * x + 2.5 * fields["v"] + 0.5 * fields["c"] + 3.0 * fields["t"]
     torch.testing.assert_close(out, expected)
     # the literal eq. 9 on arbitrary branch outputs; all scales 1 -> the conditional velocity
-    a, b, c, d = torch.randn(4, 7)
-    lit = d + 2.5 * (a - b) + 0.5 * (b - c) + 3.0 * (c - d)
-    torch.testing.assert_close(cfg_combine(a, b, c, d, g), lit)
-    torch.testing.assert_close(cfg_combine(a, b, c, d, Guidance(1.0, 1.0, 1.0)), a)
+    vs = torch.randn(4, 7)
+    for h in (g, Guidance(1.0, 1.0, 1.0), Guidance(2.0, 2.0, 2.0), Guidance(-1.0, 0.0, 4.0)):
+        weighted = sum(w * v for w, v in zip(cfg_weights(h), vs, strict=True))
+        torch.testing.assert_close(weighted, _eq9(*vs, h))
 
 
-def test_packed_branches_equal_four_separate_forwards(model):
+def test_cfg_terms_keep_only_the_branches_eq9_needs():
+    assert cfg_terms(None) == ((FULL, 1.0),)
+    assert cfg_terms(Guidance(2.0, 2.0, 2.0)) == ((FULL, 2.0), (NULL, -1.0))  # exact reduction
+    assert cfg_terms(Guidance(0.0, 0.0, 0.0)) == ((NULL, 1.0),)
+    assert cfg_terms(Guidance(1.0, 1.0, 1.0)) == ((FULL, 1.0),)
+    assert [i for i, _ in cfg_terms(Guidance(2.5, 1.5, 3.0))] == [0, 1, 2, 3]
+    assert [i for i, _ in cfg_terms(Guidance(2.0, 2.0, 3.0))] == [0, 2, 3]
+
+
+def _mixed_batch():
     recs = [make_record("a/00000", 0.4), make_record("b/00000", 0.6, seed=1)]
-    batch = collate(recs, SPACE, tasks=["v2s", "v2st"], train=False)
+    metas = [({**m, "ref_frames": 10}, a) for m, a in recs]
+    return collate(metas, SPACE, tasks=["v2s", "v2st"], train=False)
+
+
+def test_packed_branches_equal_separate_forwards(model):
+    batch = _mixed_batch()
     conds, _ = model.encode_conditions(batch)
-    g = Guidance(null_drops_ref=True)
     x = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.4, 0.4])
     with torch.no_grad():
-        packed = model.velocity(x.repeat(4, 1, 1, 1), t.repeat(4), cfg_branches(conds, g))
-        flags = [(0, 0, 0, 0), (1, 0, 0, 0), (1, 1, 0, 0), (1, 1, 1, 1)]
-        separate = [
-            model.velocity(x, t, conds.drop(Drop.constant(
-                2, x.device, video=bool(v), labels=bool(c), text=bool(s), ref=bool(r))))
+        packed = model.velocity(x.repeat(4, 1, 1, 1), t.repeat(4), cfg_branches(conds, range(4)))
+        flags = [(0, 0, 0, 0), (1, 0, 0, 0), (1, 1, 0, 0), (1, 1, 1, 1)]  # null: no reference
+        drops = [
+            Drop.constant(2, x.device, video=bool(v), labels=bool(c), text=bool(s), ref=bool(r))
             for v, c, s, r in flags
-        ]  # fmt: skip
+        ]
+        separate = [model.velocity(x, t, conds.drop(d)) for d in drops]
+        pair = model.velocity(x.repeat(2, 1, 1, 1), t.repeat(2), cfg_branches(conds, [FULL, NULL]))
     torch.testing.assert_close(packed, torch.cat(separate), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pair, torch.cat([separate[0], separate[3]]), rtol=1e-4, atol=1e-5)
     # and the branches really differ: each dropped condition changes the velocity
     for i in range(3):
         assert (separate[i] - separate[i + 1]).abs().max() > 1e-3
+
+
+def _four_branch_velocity(model, conds, cfg):
+    """The eq. 9 velocity from all four branches in one packed forward, whatever the scales."""
+    packed = cfg_branches(conds, range(4))
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        v = model.velocity(x.repeat(4, 1, 1, 1), t.expand(4 * x.shape[0]), packed)
+        return _eq9(*v.chunk(4, dim=0), cfg)
+
+    return velocity
+
+
+@pytest.mark.parametrize("scale", [2.0, 0.0, 1.0, -0.5])
+def test_equal_scales_two_branches_give_the_four_branch_result(model, monkeypatch, scale):
+    batch, g = _mixed_batch(), Guidance(scale, scale, scale)
+    conds, _ = model.encode_conditions(batch)
+    x = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reduced = guided_velocity(model, conds, g)(x, torch.tensor(0.3))
+        full = _four_branch_velocity(model, conds, g)(x, torch.tensor(0.3))
+    torch.testing.assert_close(reduced, full, rtol=1e-4, atol=1e-5)
+    rows: list[int] = []
+    hook = model.dit.register_forward_hook(lambda mod, args, out: rows.append(len(args[0])))
+    try:
+        two = model.sample(batch, nfe=4, cfg=g, seed=5)
+        monkeypatch.setattr(flow, "guided_velocity", _four_branch_velocity)
+        four = model.sample(batch, nfe=4, cfg=g, seed=5)
+    finally:
+        hook.remove()
+    k = 1 if scale in (0.0, 1.0) else 2  # eq. 9 with equal scales: full and/or null branch
+    assert rows == [k * 2] * 4 + [4 * 2] * 4
+    torch.testing.assert_close(two, four, rtol=1e-4, atol=1e-4)
+    other = model.sample(batch, nfe=4, cfg=Guidance(scale, scale, scale + 1.0), seed=5)
+    assert (two - other).abs().max() > 1e-3  # the comparison is not vacuous: scales matter
+
+
+@pytest.mark.parametrize(
+    "cfg, branches",
+    [
+        (Guidance(2.0, 2.0, 2.0), 2),  # equal scales: full and null only
+        (Guidance(2.5, 1.5, 3.0), 4),  # distinct scales: every branch of eq. 9
+        (Guidance(0.0, 0.0, 0.0), 1),  # all zero: the null branch alone
+        (None, 1),  # unguided: the full branch alone
+    ],
+)
+def test_sampler_runs_one_forward_of_the_needed_branches_per_step(model, cfg, branches):
+    batch = _mixed_batch()
+    rows: list[int] = []
+    hook = model.dit.register_forward_hook(lambda mod, args, out: rows.append(len(args[0])))
+    try:
+        model.sample(batch, nfe=3, cfg=cfg, seed=0)
+    finally:
+        hook.remove()
+    assert rows == [branches * 2] * 3  # nfe forwards, each of batch branches x 2
+
+
+def test_unit_scales_sample_the_conditional_velocity(model):
+    batch = _mixed_batch()
+    plain = model.sample(batch, nfe=3, cfg=None, seed=2)
+    assert torch.equal(model.sample(batch, nfe=3, cfg=Guidance(1.0, 1.0, 1.0), seed=2), plain)
 
 
 def test_sampler_is_seeded_keeps_the_reference_and_guides(model):
@@ -133,7 +262,7 @@ def test_sampler_encodes_conditions_once_and_runs_one_4x_forward_per_step(model)
         for name in ("text_encoder", "lip_encoder", "face_encoder", "label_encoder", "dit")
     ]
     try:
-        model.sample(batch, nfe=6, method="midpoint", cfg=Guidance(), seed=0)
+        model.sample(batch, nfe=6, method="midpoint", cfg=Guidance(2.5, 1.5, 3.0), seed=0)
     finally:
         for h in hooks:
             h.remove()

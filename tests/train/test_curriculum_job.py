@@ -163,6 +163,10 @@ def test_mlflow_parent_nested_runs_metrics_and_registry(job):
         assert arts, run.info.run_name
         files = client.list_artifacts(run.info.run_id, arts[-1])
         assert {Path(f.path).suffix for f in files} == {".wav", ".png"}
+        # validation draws only held-out records (corpus.py names val movies/speakers v*)
+        val_keys = run.data.params["data.validation_keys"].split(",")
+        assert val_keys and all(k.startswith(("vmovie", "vspeec")) for k in val_keys), val_keys
+        assert run.data.metrics["data/lost_samples"] == 0
     reg = job["summary"]["registered"]
     version = client.get_model_version(reg["name"], str(reg["version"]))
     last = next(r for r in children if r.info.run_name == "v2st")
@@ -178,7 +182,7 @@ def test_loss_decreases_over_the_curriculum(job, train_shards):
         history = client.get_metric_history(s["mlflow_run"], "val/loss")
         hist = sorted((m.step, m.value) for m in history)
         assert hist[0][0] == 0 and hist[-1][1] < hist[0][1], (s["stage"], hist)
-    records = [(x.meta, x.arrays) for p in sorted((train_shards / "speech").glob("*.tar"))
+    records = [(x.meta, x.arrays) for p in sorted((train_shards / "train" / "speech").glob("*.tar"))
                for x in read_shard(p)]  # fmt: skip
     space = MelSpace()
     export = load_checkpoint(job["root"] / "storage" / "debug" / "exports" / "tts").model

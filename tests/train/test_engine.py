@@ -70,9 +70,15 @@ def test_stage_overrides_reach_the_model_config():
     from dubforge.train.config import CurriculumConfig
 
     data = debug_dict(shards="/x")
-    data["stages"][1]["dropout"] = {"video": 0.2, "labels": 0.0, "text": 0.0, "ref": 0.5}
+    data["stages"][1]["dropout"] = {
+        "full": 0.6,
+        "no_video": 0.2,
+        "no_video_labels": 0.1,
+        "null": 0.1,
+        "ref": 0.5,
+    }
     data["stages"][1]["loss"] = {"dur_weight": 0.7}
     cfg = CurriculumConfig.model_validate(data)
     m = stage_model_config(cfg, cfg.stages[1])
-    assert m.dropout.video == 0.2 and m.loss.dur_weight == 0.7
+    assert m.dropout.null == 0.1 and m.loss.dur_weight == 0.7
     assert stage_model_config(cfg, cfg.stages[0]) == cfg.model
