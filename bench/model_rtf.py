@@ -3,11 +3,12 @@
     .venv/bin/python bench/model_rtf.py [--preset tiny small] [--seconds 10] [--nfe 8 16 32]
     .venv/bin/python bench/model_rtf.py --device cuda --preset base --dtype bf16
 
-RTF = generation wall time / audio duration, for one v2s clip in the mel space (100 Hz latents,
-lips, face, labels, text, a reference prefix of 25 %); condition encoders included, vocoder
-excluded (Griffin-Lim timed on its own line). "cfg/plain step" is the time of one packed
-4-branch guided DiT forward over one unguided forward: it comes from ONE batched forward of 4x
-the batch, so it stays below 4 when batching pays. Peak memory: RSS high-water mark of the
+RTF = generation wall time / audio duration, for one v2s clip in the mel space (vocos_24k
+latents, 93.75 Hz; lips, face, labels, text, a reference prefix of 25 %); condition encoders
+included, vocoder excluded (Griffin-Lim timed on its own line). "cfg/plain step" is the time of
+one packed guided DiT forward (the eq. 9 branches the default scales need: 2 when they are
+equal) over one unguided forward: ONE batched forward of k x the batch, so it stays below k
+when batching pays. Peak memory: RSS high-water mark of the
 process (CPU) or torch's peak allocation (CUDA). Random weights: speed does not depend on them.
 """
 
@@ -103,7 +104,7 @@ def step_ratio(model: torch.nn.Module, batch: Batch, device: str, repeats: int) 
 def bench_preset(name: str, args: argparse.Namespace) -> None:
     space = MelSpace()
     torch.manual_seed(0)
-    model = PRESETS[name](latent_dim=space.latent_dim, lip_repeat=space.frames_per_video_frame())
+    model = PRESETS[name](latent_dim=space.latent_dim, video_ratio=space.video_ratio)
     model = model.to(args.device).eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     batch = clip_batch(args.seconds, space, args.device)

@@ -139,24 +139,13 @@ def random_codec(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="an exported checkpoint folder")],
-    shards: Annotated[str, typer.Argument(help="ingest output folder, shards/ folder or glob")],
-    out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("runs/eval"),
-    limit: Annotated[int, typer.Option(help="records to evaluate")] = 8,
-    nfe: Annotated[int, typer.Option(help="network evaluations per sample")] = 16,
-    samples: Annotated[int, typer.Option(help="samples saved as wav + png")] = 3,
-    seed: Annotated[int, typer.Option()] = 0,
+    job: Annotated[Path, typer.Argument(help="an evaluate job YAML, e.g. jobs/evaluate.yaml")],
+    overrides: Overrides = None,
 ) -> None:
-    """Generate with a checkpoint for shard records and write metrics (JSON + Markdown) and
-    sample wavs/spectrograms to --out."""
-    from dubforge.eval.run import evaluate_checkpoint
-
-    try:
-        evaluate_checkpoint(str(checkpoint), shards, str(out), limit=limit, nfe=nfe,
-                            samples=samples, seed=seed)  # fmt: skip
-    except (FileNotFoundError, ValueError) as e:
-        _fail(ConfigError(str(e)))
-    typer.echo((out / "metrics.md").read_text())
+    """Generate with an exported checkpoint for held-out (val/test) clips under the papers'
+    protocol (setting 2: another clip of the speaker as the reference voice) and write metrics
+    (JSON + Markdown) and sample wavs/spectrograms."""
+    _run_kind(job, overrides, "evaluate", "evaluate")
 
 
 @app.command()

@@ -36,11 +36,17 @@ class ConfigError(ValueError):
 
 def _registry() -> dict[str, type[JobConfig]]:
     # imported here so that loading a config never imports a job's heavy dependencies
+    from dubforge.eval.job import EvaluateConfig
     from dubforge.ingest.config import IngestConfig
     from dubforge.synth.config import SynthConfig
     from dubforge.train.config import CurriculumConfig
 
-    return {"synth": SynthConfig, "ingest": IngestConfig, "curriculum": CurriculumConfig}
+    return {
+        "synth": SynthConfig,
+        "ingest": IngestConfig,
+        "curriculum": CurriculumConfig,
+        "evaluate": EvaluateConfig,
+    }
 
 
 def job_names() -> list[str]:

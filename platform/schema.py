@@ -74,9 +74,13 @@ class MelProfile:
 
 
 MEL_PROFILES: dict[str, MelProfile] = {
-    # Vocos `charactr/vocos-mel-24khz`, BigVGAN 24 kHz 100-band, F5-TTS: 93.75 frames/s
+    # Vocos `charactr/vocos-mel-24khz` and F5-TTS: 93.75 frames/s
     "vocos_24k": MelProfile(
         "vocos_24k", 24000, 1024, 256, 1024, 100, 0.0, None, style="vocos", log_floor=1e-7
+    ),
+    # BigVGAN 24 kHz 100-band: HiFi-GAN's front end with fmax 12 kHz, 93.75 frames/s
+    "bigvgan_24k": MelProfile(
+        "bigvgan_24k", 24000, 1024, 256, 1024, 100, 0.0, 12000.0, style="hifigan", log_floor=1e-5
     ),
     # HiFi-GAN V1 (universal, LJSpeech): 86.13 frames/s
     "hifigan_22k": MelProfile(

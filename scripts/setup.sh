@@ -38,6 +38,10 @@ extra=$([ "$DEVICE" = cuda ] && echo gpu || echo cpu)
 # resemblyzer (SECS speaker encoder, weights inside the package) asks for the sdist-only webrtcvad
 # and the `typing` backport; its real needs (webrtcvad-wheels, librosa, torch) are ours already.
 "${PIP[@]}" --no-deps "resemblyzer==0.1.4"
+# Vocos and BigVGAN model code for the mel space's vocoders (dubforge.model.vocoders). vocos asks
+# for torchaudio, which has no build for torch 2.13, and encodec; bigvgan for training-only
+# packages (auraloss, nnaudio, pesq, tensorboard). The parts we load need neither.
+"${PIP[@]}" --no-deps "vocos==0.1.0" "bigvgan==2.4.1"
 # audio-separator (through onnx2torch) pulls a CUDA-linked torchvision whose import fails against
 # the CPU torch and breaks transformers' model imports; nothing of ours needs torchvision.
 if [ "$DEVICE" = cpu ]; then

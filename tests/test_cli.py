@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,5 +81,11 @@ def test_random_codec_is_flagged_in_what_it_tokenizes(tmp_path):
 
 
 def test_evaluate_without_a_checkpoint_exits_2(tmp_path):
-    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "none"), str(tmp_path)])
+    job = str(Path(__file__).resolve().parents[1] / "jobs" / "evaluate.yaml")
+    args = ["evaluate", job, f"checkpoint={tmp_path / 'none'}", f"shards={tmp_path}"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
+    assert "none" in result.output
+    args = ["evaluate", job, f"checkpoint={tmp_path}", f"shards={tmp_path}", "split=train"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "split" in result.output  # never scored on train

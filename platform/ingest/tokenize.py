@@ -1,22 +1,18 @@
-"""Audio-codec tokenization (EnCodec, DAC, Mimi from transformers) and log-mel features.
+"""Audio-codec tokenization (EnCodec, DAC, Mimi from transformers).
 
-Frame-count conventions (n = samples at the codec's or the mel's rate):
-- codes: T = ceil(n / hop). The input is zero-padded on the right to a whole number of hops, so
-  a partial last hop becomes one more frame and no audio is dropped. EnCodec 24 kHz has hop 320
-  (75 Hz): 2 s = 48000 samples -> exactly 150 frames. Mimi has hop 1920 (12.5 Hz).
-- log-mel: T = n // 240 at 24 kHz (100 Hz). Frame k is centred on sample 240 k (centre padding);
-  the frame centred on the very end of the clip is dropped, so a clip of whole 25 fps video
-  frames gets exactly 4 mel frames per video frame.
-When n is a multiple of both hops the two agree: 2 s = 150 EnCodec frames = 200 mel frames.
+Frame-count convention (n = samples at the codec's rate): T = ceil(n / hop). The input is
+zero-padded on the right to a whole number of hops, so a partial last hop becomes one more frame
+and no audio is dropped. EnCodec 24 kHz has hop 320 (75 Hz): 2 s = 48000 samples -> exactly 150
+frames. Mimi has hop 1920 (12.5 Hz). Log-mel features are computed in a vocoder's profile by
+`dubforge.mel` (the Tokenize stage resamples to the profile's rate first).
 
-Shape key: n = samples, b = batch, n_q = codebooks used, t = codec frames, m = mel bins.
+Shape key: n = samples, b = batch, n_q = codebooks used, t = codec frames.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +24,6 @@ log = logging.getLogger(__name__)
 SUPPORTED_CODECS = ("encodec", "dac", "mimi")
 INT16_MAX = int(np.iinfo(np.int16).max)
 
-# log-mel: the Vocos / F5-TTS 24 kHz setting (n_fft 1024, 100 bins, magnitude, log of
-# clamp 1e-5) except hop 240 instead of 256, so frames fall at 100 Hz = 4 per 25 fps video frame.
-# A vocoder trained on hop-256 mels will not read these as they are.
-MEL_SAMPLE_RATE = 24000
-MEL_N_FFT = 1024
-MEL_WIN = 1024
-MEL_HOP = 240
-MEL_BINS = 100
-MEL_FLOOR = 1e-5
 
 
 def _codec_classes() -> dict[str, Any]:
@@ -228,41 +215,6 @@ class CodecTokenizer:
             column[:] = codes
             batch[f"{stem}_codes"] = column
         return batch
-
-
-@lru_cache(maxsize=4)
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
-    """HTK-scale triangular filters without area normalisation (torchaudio's MelSpectrogram
-    defaults, which Vocos and F5-TTS use): [m, n_fft // 2 + 1]."""
-    import librosa
-
-    fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, htk=True, norm=None)
-    return torch.from_numpy(fb).float()
-
-
-def log_mel(wave: np.ndarray, sample_rate: int = MEL_SAMPLE_RATE) -> np.ndarray:
-    """Log-mel of mono audio at 24 kHz: float16 [100, n // 240], 100 frames per second, frame k
-    centred on sample 240 k; values are log(max(mel magnitude, 1e-5))."""
-    if sample_rate != MEL_SAMPLE_RATE:
-        raise ValueError(
-            f"log_mel expects {MEL_SAMPLE_RATE} Hz audio, got {sample_rate} Hz; resample first"
-        )
-    wave = np.asarray(wave)
-    if wave.ndim != 1 or len(wave) <= MEL_N_FFT // 2:
-        # reflect padding by n_fft / 2 needs more samples than that
-        raise ValueError(
-            f"log_mel needs a 1-D wave of more than {MEL_N_FFT // 2} samples, "
-            f"got shape {wave.shape}"
-        )
-    x = torch.from_numpy(wave.astype(np.float32, copy=False))  # x: [n]
-    window = torch.hann_window(MEL_WIN)
-    spec = torch.stft(
-        x, MEL_N_FFT, MEL_HOP, MEL_WIN, window, center=True, pad_mode="reflect", return_complex=True
-    ).abs()  # spec: [n_fft // 2 + 1, n // hop + 1]
-    mel = _mel_filters(MEL_SAMPLE_RATE, MEL_N_FFT, MEL_BINS) @ spec  # mel: [m, n // hop + 1]
-    # drop the frame centred on the clip's end: n // hop frames tile the clip at 100 Hz
-    mel = mel[:, : len(wave) // MEL_HOP]
-    return torch.log(mel.clamp(min=MEL_FLOOR)).numpy().astype(np.float16)
 
 
 def save_random_codec(folder: str | Path, kind: str = "encodec", seed: int = 0) -> Path:

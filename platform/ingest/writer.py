@@ -60,6 +60,15 @@ def clean_unfinished(out: Path) -> int:
     return removed
 
 
+def _speaker(row: dict[str, Any]) -> str | None:
+    """Who speaks: a speech corpus's speaker; in a movie, the labels' speaker id scoped to the
+    movie (evaluation's setting 2 takes the reference voice from another clip of them)."""
+    if row["kind"] == "speech":
+        return row["input"].get("speaker")
+    speaker_id = (row["clip"].get("labels") or {}).get("speaker_id", "unknown")
+    return None if speaker_id == "unknown" else f"{row['input_id']}:{speaker_id}"
+
+
 def clip_record(row: dict[str, Any]) -> ClipRecord:
     """The clip's record from its finished row (DESIGN.md "Contracts between stages")."""
     clip, inp = row["clip"], row["input"]
@@ -81,7 +90,7 @@ def clip_record(row: dict[str, Any]) -> ClipRecord:
         mel_profile=row.get("mel_profile"),
         energy_db=dict(row.get("energy_db") or {}),
         labels=dict(clip.get("labels") or {}),
-        speaker=inp.get("speaker"),
+        speaker=_speaker(row),
         face_coverage=row.get("face_coverage"),
         n_faces=row.get("n_faces"),
         face_fps=row.get("face_fps") if "face" in row else None,

@@ -159,6 +159,8 @@ def _prepare(
         raise ValueError(f"record {key!r} has no 'lips' array, which task {task!r} needs")
     stems = TASK_STREAMS[task]
     present = [space.has(dict(arrays), s) for s in stems]
+    if any(present):
+        space.check_profile(meta.mel_profile)  # a mel space reads one profile only
     if train and not all(present):
         missing = [space.array_key(s) for s, p in zip(stems, present, strict=True) if not p]
         raise ValueError(f"record {key!r} lacks {missing}, the targets of task {task!r}")

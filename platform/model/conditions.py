@@ -49,13 +49,42 @@ def label_ids(labels: dict[str, object] | None) -> list[int]:
     return out
 
 
-def upsample_frames(feats: Tensor, repeat: int, n: int) -> Tensor:
-    """Video-rate features [b, f, d] -> latent rate [b, n, d] by repeating each frame `repeat`
-    times (x3 EnCodec 75 Hz, x4 mel 100 Hz), then cutting or zero-padding to n frames."""
-    up = feats.repeat_interleave(repeat, dim=1)  # up: [b, f * repeat, d]
-    if up.shape[1] >= n:
-        return up[:, :n]
-    return F.pad(up, (0, 0, 0, n - up.shape[1]))
+def upsample_frames(feats: Tensor, ratio: float, n: int, lengths: Tensor | None = None) -> Tensor:
+    """Video-rate features [b, f, d] -> latent rate [b, n, d], `ratio` latent frames per video
+    frame (DESIGN.md "Contracts between stages").
+
+    An integer ratio repeats each frame exactly (x3 EnCodec 75 Hz). Otherwise (x3.75 for the
+    93.75 Hz vocos_24k mel, x3.45 for hifigan_22k) latent frame j reads the video features at
+    its cell's centre, linearly interpolated: position u = (j + 0.5) / ratio - 0.5 in video
+    frames, held at the first and last frame; at an integer ratio that centre lies inside the
+    very frame repetition copies. A centred-STFT mel frame is centred on j / ratio instead:
+    half a latent frame (~5 ms) off, well under one 40 ms video frame. Latent frames that
+    start after the video ends get zeros (no video); the result is cut or zero-padded to n.
+    `lengths` [b] = real video frames per sample, so a batch's padding frames are never
+    interpolated into a shorter clip; None = all f are real.
+    """
+    b, f, _ = feats.shape
+    if abs(ratio - round(ratio)) < 1e-9:
+        up = feats.repeat_interleave(round(ratio), dim=1)  # up: [b, f * ratio, d]
+        if up.shape[1] >= n:
+            return up[:, :n]
+        return F.pad(up, (0, 0, 0, n - up.shape[1]))
+    if lengths is None:
+        lengths = torch.full((b,), f, device=feats.device)
+    last = (lengths.to(feats.device).long() - 1).clamp(min=0)[:, None]  # last: [b, 1]
+    centre = (torch.arange(n, device=feats.device, dtype=torch.float64) + 0.5) / ratio
+    u = (centre - 0.5).clamp(min=0)[None].expand(b, n)  # u: [b, n], in video frames
+    i0 = torch.minimum(u.floor().long(), last)
+    i1 = torch.minimum(i0 + 1, last)
+    w = (u - i0).clamp(max=1).to(feats.dtype)[..., None]  # w: [b, n, 1]; 1 past the last
+
+    def pick(idx: Tensor) -> Tensor:
+        return feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1]))  # [b, n, d]
+
+    up = pick(i0) * (1 - w) + pick(i1) * w
+    start = torch.arange(n, device=feats.device) / ratio  # start: [n], in video frames
+    inside = start[None] < lengths.to(feats.device)[:, None]  # starts before the video ends
+    return up * inside[..., None].to(feats.dtype)
 
 
 class TextEncoder(nn.Module):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dubforge.schema import TASKS
+from dubforge.schema import MEL_PROFILES, TASKS
 
 PRESET_NAMES = ("tiny", "small", "base")  # presets.PRESETS holds the builders
 TASK_NAMES = TASKS
@@ -32,7 +32,13 @@ class _Section(BaseModel):
 class SpaceSection(_Section):
     name: Literal["mel", "codec"] = Field("mel", description="acoustic space the DiT generates")
     path: str | None = Field(
-        None, description="codec: save_pretrained folder (required); mel: TorchScript vocoder"
+        None, description="codec: save_pretrained folder (required); mel: the vocoder's folder"
+    )
+    mel_profile: str = Field(
+        "vocos_24k", description="mel: the profile the records' mel is in (schema.MEL_PROFILES)"
+    )
+    vocoder: Literal["hifigan", "vocos", "bigvgan", "griffin_lim"] | None = Field(
+        None, description="mel: the vocoder kind at `path` (None: the flagged Griffin-Lim)"
     )
     codebooks: int | None = Field(
         None, ge=1, description="codec: codebooks per frame in the records (None: all)"
@@ -41,6 +47,13 @@ class SpaceSection(_Section):
         None, gt=0, description="codec: latents are divided by it (None: estimated)"
     )
     griffin_lim_iters: int = Field(32, ge=1, description="mel without vocoder: iterations")
+
+    @field_validator("mel_profile")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        if v not in MEL_PROFILES:
+            raise ValueError(f"unknown mel profile {v!r}; choose from {sorted(MEL_PROFILES)}")
+        return v
 
     @model_validator(mode="after")
     def _codec_needs_path(self) -> SpaceSection:

@@ -34,15 +34,16 @@ if TYPE_CHECKING:
 
 
 class Dubber(nn.Module):
-    """Flow-matching dubber over an acoustic latent space of width `latent_dim`; lips at 25 fps
-    are repeated `lip_repeat` times to reach the latent frame rate. Sizes are plain arguments
-    (presets.py holds the named sizes); `flow` holds the training objective's settings."""
+    """Flow-matching dubber over an acoustic latent space of width `latent_dim`; lip features
+    at 25 fps reach the latent frame rate at `video_ratio` latent frames per video frame
+    (repeated when it is an integer, interpolated otherwise: `upsample_frames`). Sizes are
+    plain arguments (presets.py holds the named sizes); `flow` holds the objective's settings."""
 
     def __init__(
         self,
         *,
         latent_dim: int,
-        lip_repeat: int,
+        video_ratio: float,
         dim: int,
         depth: int,
         heads: int,
@@ -58,12 +59,13 @@ class Dubber(nn.Module):
         flow: FlowOptions | None = None,
     ) -> None:
         super().__init__()
-        if lip_repeat < 1:
+        if not video_ratio >= 1:
             raise ValueError(
-                f"lip_repeat must be >= 1 latent frames per video frame, got {lip_repeat}"
+                f"video_ratio must be >= 1 latent frame per video frame, got {video_ratio}: "
+                "take it from the acoustic space (AcousticSpace.video_ratio)"
             )
         self.latent_dim = latent_dim
-        self.lip_repeat = lip_repeat
+        self.video_ratio = float(video_ratio)
         self.flow = flow if flow is not None else FlowOptions()
         self.text_encoder = TextEncoder(text_dim, conv_layers)
         self.lip_encoder = LipEncoder(dim, lip_channels, temporal_layers)
@@ -88,7 +90,9 @@ class Dubber(nn.Module):
         aligned, dur = torch.zeros(b, n, dim, device=device), None
         if batch.lips is not None:
             lips = self.lip_encoder(batch.lips, batch.lip_mask)  # lips: [b, f, d]
-            aligned = upsample_frames(lips, self.lip_repeat, n) * video[:, None, None]
+            lip_frames = batch.lip_mask.sum(dim=1)  # lip_frames: [b]
+            aligned = upsample_frames(lips, self.video_ratio, n, lip_frames)
+            aligned = aligned * video[:, None, None]  # aligned: [b, n, d]
             dur = self.dur_head(aligned).squeeze(-1)  # dur: [b, n]
         k_face = self.face_slice.stop - self.face_slice.start
         face = torch.zeros(b, k_face, dim, device=device)
@@ -124,8 +128,8 @@ class Dubber(nn.Module):
         return self.loss(batch, generator)
 
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """CFM loss on the span + weighted duration loss, with per-sample condition dropout;
-        returns {"loss" (differentiable), "cfm", "dur"}."""
+        """CFM loss on the span + weighted duration loss, with nested per-sample condition
+        dropout (flow.random_drop); returns {"loss" (differentiable), "cfm", "dur"}."""
         return flow.training_loss(self, batch, self.flow, generator)
 
     def sample(
@@ -138,5 +142,6 @@ class Dubber(nn.Module):
         cfg: Guidance | None = None,
         seed: int = 0,
     ) -> Tensor:
-        """Generate latents [b, s, n, c] (see flow.sample); cfg=None samples unguided."""
+        """Generate latents [b, s, n, c] (see flow.sample); cfg=None samples unguided; guided
+        steps run only the eq. 9 branches the scales need (two when they are equal)."""
         return flow.sample(self, batch, nfe=nfe, method=method, sway=sway, cfg=cfg, seed=seed)

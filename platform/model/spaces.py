@@ -2,11 +2,11 @@
 
 A space turns a clip record's stored arrays for a stem into continuous latents [n, c] at its
 frame rate, and generated latents back into audio. Chosen by short name (`SPACES`):
-- "mel": the record's 100-bin log-mel (24 kHz, hop 240 = 100 frames/s). Waveforms come from a
-  vocoder given by path, else Griffin-Lim. Vocoder contract: a TorchScript file
-  (`torch.jit.save`) whose forward maps log-mel [b, 100, n] (float32, the ingest's
-  log(clamp(mel magnitude, 1e-5)) at hop 240) to waves [b, samples] or [b, 1, samples] at
-  24 kHz. A vocoder trained on hop-256 mels (Vocos, F5-TTS) needs retraining for hop 240.
+- "mel": the record's log-mel in a named `MelProfile` (dubforge.schema; "vocos_24k" = 24 kHz,
+  hop 256, 100 bins, 93.75 frames/s; "hifigan_22k" = 22.05 kHz, hop 256, 80 bins, 86.13
+  frames/s). Waveforms come from the configured vocoder (`vocoders.VocoderRef`: kind + local
+  path), which must read that profile; with none configured, Griffin-Lim stands in and
+  `fallback` is True, so callers flag what it produced.
 - "codec": codes from a transformers EnCodec or DAC checkpoint folder (`save_pretrained`),
   embedded as the sum of their codebook vectors through the codec's own frozen quantizer
   (`quantizer.decode` / `from_codes`); generated latents go through the codec's decoder. The
@@ -14,12 +14,15 @@ frame rate, and generated latents back into audio. Chosen by short name (`SPACES
   data-free estimate) so the flow sees roughly unit-scale targets.
 A discrete-token space (DiFlowDubber) will register here under its own name.
 
-Shape key: n = latent frames, c = latent width, q = codebooks, b = batch.
+Video (25 fps) meets latents at `video_ratio` latent frames per video frame: exact repetition
+when it is an integer (EnCodec 75 Hz: 3), interpolation otherwise (mel: 3.75, 3.45; DESIGN.md
+"Contracts between stages"; conditions.upsample_frames).
+
+Shape key: n = latent frames, c = latent width, q = codebooks, b = batch, m = mel bins.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -27,9 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dubforge.ingest.tokenize import MEL_BINS, MEL_HOP, MEL_N_FFT, MEL_SAMPLE_RATE
+from dubforge.model.vocoders import Vocoder, VocoderRef, check_vocoder, load_vocoder
+from dubforge.schema import FPS, STEM_PREFIX, mel_profile
 
-STEM_PREFIX = {"speech": "speech", "background": "bg"}  # stem -> array key prefix
+# the mel profile a mel space reads when none is named: F5-TTS's, which Vocos decodes
+DEFAULT_MEL_PROFILE = "vocos_24k"
+GRIFFIN_LIM_ITERS = 32
 
 
 def _prefix(stem: str) -> str:
@@ -45,21 +51,32 @@ class AcousticSpace(ABC):
     latent_dim: int
     frame_rate: float
     sample_rate: int
+    fallback: bool = False  # True: decode() is a stand-in (Griffin-Lim); flag its outputs
 
-    def frames_per_video_frame(self, fps: int = 25) -> int:
-        """Latent frames per video frame; lips align to latents by repeating this many times."""
+    @property
+    def video_ratio(self) -> float:
+        """Latent frames per 25 fps video frame (3.0 for EnCodec 75 Hz, 3.75 for vocos_24k)."""
+        return self.frame_rate / FPS
+
+    def frames_per_video_frame(self, fps: int = FPS) -> int:
+        """Latent frames per video frame when that is a whole number (lips then align by
+        exact repetition); raises ValueError otherwise (use `video_ratio`)."""
         ratio = self.frame_rate / fps
         if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
             raise ValueError(
                 f"{self.name} space runs at {self.frame_rate:g} Hz, not an integer multiple of "
-                f"{fps} fps video; lips cannot align by repetition. Use EnCodec 24 kHz (75 Hz) "
-                "or the 100 Hz mel"
+                f"{fps} fps video ({ratio:g} latent frames per video frame); lips align to it "
+                "by interpolation: use video_ratio"
             )
         return round(ratio)
 
     def has(self, arrays: dict[str, np.ndarray], stem: str) -> bool:
         """Whether the record's arrays hold what this space reads for `stem`."""
         return self.array_key(stem) in arrays
+
+    def check_profile(self, name: str | None) -> None:
+        """Refuse a record whose mel profile this space cannot read; codes read under any."""
+        return None
 
     @abstractmethod
     def array_key(self, stem: str) -> str:
@@ -74,79 +91,93 @@ class AcousticSpace(ABC):
         """Latents [b, n, c] -> waveforms [b, samples] at `sample_rate`."""
 
     def reference(self) -> dict[str, Any]:
-        """What a checkpoint stores to rebuild this space (name, path, rates, widths)."""
+        """What a checkpoint's codec.json stores to rebuild this space: name, rates, latent
+        width and video ratio (mel: + profile and vocoder; codec: + path, codebooks, scale)."""
         return {
-            "space": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
-            "latent_dim": self.latent_dim, "lip_repeat": self.frames_per_video_frame(),
-        }  # fmt: skip
+            "space": self.name,
+            "sample_rate": self.sample_rate,
+            "frame_rate": self.frame_rate,
+            "latent_dim": self.latent_dim,
+            "video_ratio": self.video_ratio,
+        }
 
-    def _missing(self, arrays: dict[str, np.ndarray], stem: str) -> ValueError:
+    def _missing(self, arrays: dict[str, np.ndarray], stem: str, fix: str = "") -> ValueError:
         return ValueError(
             f"record has no {self.array_key(stem)!r} array (has {sorted(arrays)}); the "
-            f"{self.name} space needs it for the {stem} stem"
-            + ("; run ingest with codec.mel: true" if self.name == "mel" else "")
+            f"{self.name} space needs it for the {stem} stem{fix}"
         )
 
 
 class MelSpace(AcousticSpace):
-    """The stored 100-bin log-mel at 100 frames/s; vocoder by path, else Griffin-Lim."""
+    """The stored log-mel of one profile at its frame rate; decoded by the configured vocoder
+    (loaded on first use), else by the flagged Griffin-Lim fallback."""
 
     name = "mel"
-    latent_dim = MEL_BINS
-    frame_rate = MEL_SAMPLE_RATE / MEL_HOP
-    sample_rate = MEL_SAMPLE_RATE
 
-    def __init__(self, vocoder_path: str | None = None, griffin_lim_iters: int = 32) -> None:
-        self.vocoder_path = vocoder_path
+    def __init__(
+        self,
+        profile: str = DEFAULT_MEL_PROFILE,
+        *,
+        vocoder: VocoderRef | None = None,
+        griffin_lim_iters: int = GRIFFIN_LIM_ITERS,
+        device: str = "cpu",
+    ) -> None:
+        self.profile = mel_profile(profile)
+        if vocoder is not None:
+            check_vocoder(vocoder, self.profile)  # reads its config only: cheap, fails early
+        self.vocoder_ref = vocoder
         self.griffin_lim_iters = griffin_lim_iters
-        self._vocoder: Any = None
-        self._pinv: Tensor | None = None
+        self.device = device
+        self.latent_dim = self.profile.n_mels
+        self.frame_rate = self.profile.frame_rate
+        self.sample_rate = self.profile.sample_rate
+        self.fallback = vocoder is None or vocoder.kind == "griffin_lim"
+        self._vocoder: Vocoder | None = None
+
+    @property
+    def vocoder(self) -> Vocoder:
+        """The loaded vocoder (weights read on first access)."""
+        if self._vocoder is None:
+            self._vocoder = load_vocoder(
+                self.vocoder_ref,
+                self.profile,
+                griffin_lim_iters=self.griffin_lim_iters,
+                device=self.device,
+            )
+        return self._vocoder
 
     def array_key(self, stem: str) -> str:
         return f"{_prefix(stem)}.mel"
 
+    def check_profile(self, name: str | None) -> None:
+        """Raise ValueError unless a record's `mel_profile` is this space's profile."""
+        if name != self.profile.name:
+            raise ValueError(
+                f"the record's mel is in profile {name!r}, this mel space reads "
+                f"{self.profile.name!r}: set the space's mel profile to {name!r} (with a "
+                f"vocoder for it) or re-ingest with codec.mel: {self.profile.name}"
+            )
+
     def latents(self, arrays: dict[str, np.ndarray], stem: str) -> Tensor:
         if not self.has(arrays, stem):
-            raise self._missing(arrays, stem)
-        mel = np.asarray(arrays[self.array_key(stem)])  # mel: [100, n]
-        if mel.ndim != 2 or mel.shape[0] != MEL_BINS:
-            raise ValueError(f"{self.array_key(stem)} has shape {mel.shape}, expected [100, n]")
-        return torch.from_numpy(mel.astype(np.float32).T.copy())  # [n, 100]
+            raise self._missing(arrays, stem, f"; run ingest with codec.mel: {self.profile.name}")
+        mel = np.asarray(arrays[self.array_key(stem)])  # mel: [m, n]
+        if mel.ndim != 2 or mel.shape[0] != self.latent_dim:
+            raise ValueError(
+                f"{self.array_key(stem)} has shape {mel.shape}; profile {self.profile.name!r} "
+                f"has {self.latent_dim} bins, so [{self.latent_dim}, n] was expected"
+            )
+        return torch.from_numpy(mel.astype(np.float32).T.copy())  # [n, m]
 
     def decode(self, latents: Tensor) -> Tensor:
-        mel = latents.float().transpose(1, 2)  # mel: [b, 100, n]
-        if self.vocoder_path:
-            if self._vocoder is None:
-                self._vocoder = torch.jit.load(self.vocoder_path, map_location="cpu").eval()
-            with torch.no_grad():
-                wave = self._vocoder(mel.cpu())
-            return wave.reshape(wave.shape[0], -1)
-        return self._griffin_lim(mel.cpu())
+        return self.vocoder(latents.float().transpose(1, 2))  # mel: [b, m, n]
 
     def reference(self) -> dict[str, Any]:
-        return {**super().reference(), "path": self.vocoder_path}
-
-    def _griffin_lim(self, mel: Tensor) -> Tensor:
-        """Log-mel magnitude -> linear magnitude via the filterbank's pseudo-inverse, then
-        Griffin-Lim (phase from seeded noise, so the same latents give the same wave)."""
-        if self._pinv is None:
-            # the ingest's own filterbank, so this inverts exactly what wrote the mel
-            from dubforge.ingest.tokenize import _mel_filters
-
-            self._pinv = torch.linalg.pinv(_mel_filters(MEL_SAMPLE_RATE, MEL_N_FFT, MEL_BINS))
-        mag = (self._pinv @ mel.exp()).clamp(min=0)  # mag: [b, 513, n]
-        # ingest's log_mel drops the frame centred on the clip end; add it back for istft
-        mag = torch.cat([mag, mag[..., -1:]], dim=-1)
-        window = torch.hann_window(MEL_N_FFT)
-        gen = torch.Generator().manual_seed(0)
-        phase = torch.rand(mag.shape, generator=gen) * 2 * math.pi
-        n = (mag.shape[-1] - 1) * MEL_HOP
-        spec = torch.polar(mag, phase)
-        for _ in range(self.griffin_lim_iters):
-            wave = torch.istft(spec, MEL_N_FFT, MEL_HOP, MEL_N_FFT, window, length=n)
-            est = torch.stft(wave, MEL_N_FFT, MEL_HOP, MEL_N_FFT, window, return_complex=True)
-            spec = torch.polar(mag, est.angle())
-        return torch.istft(spec, MEL_N_FFT, MEL_HOP, MEL_N_FFT, window, length=n)
+        return {
+            **super().reference(),
+            "mel_profile": self.profile.name,
+            "vocoder": self.vocoder_ref.to_dict() if self.vocoder_ref else None,
+        }
 
 
 class CodecSpace(AcousticSpace):
@@ -227,9 +258,12 @@ class CodecSpace(AcousticSpace):
 
     def reference(self) -> dict[str, Any]:
         return {
-            **super().reference(), "path": self.path, "codec_name": self.kind,
-            "codebooks": self.codebooks, "latent_scale": self.latent_scale,
-        }  # fmt: skip
+            **super().reference(),
+            "path": self.path,
+            "codec_name": self.kind,
+            "codebooks": self.codebooks,
+            "latent_scale": self.latent_scale,
+        }
 
     def _estimate_scale(self, frames: int = 2048) -> float:
         gen = torch.Generator().manual_seed(0)
@@ -250,16 +284,27 @@ def build_space(
     name: str,
     path: str | None = None,
     *,
+    mel_profile: str = DEFAULT_MEL_PROFILE,
+    vocoder: str | None = None,
     codebooks: int | None = None,
     latent_scale: float | None = None,
-    griffin_lim_iters: int = 32,
+    griffin_lim_iters: int = GRIFFIN_LIM_ITERS,
     device: str = "cpu",
 ) -> AcousticSpace:
-    """An acoustic space by short name: "mel" (path = optional TorchScript vocoder) or "codec"
-    (path = transformers EnCodec/DAC folder; `codebooks` = codes per frame the records hold,
-    None = all the codec has)."""
+    """An acoustic space by short name. "mel": the log-mel of `mel_profile`, decoded by the
+    vocoder of kind `vocoder` ("hifigan", "vocos", "bigvgan", "griffin_lim") at `path`, or by
+    the flagged Griffin-Lim fallback when `vocoder` is None. "codec": path = transformers
+    EnCodec/DAC folder; `codebooks` = codes per frame the records hold, None = all it has."""
     if name == "mel":
-        return MelSpace(path, griffin_lim_iters)
+        if path and not vocoder:
+            raise ValueError(
+                f"the mel space got vocoder path {path!r} without its kind: set the vocoder "
+                "kind (hifigan, vocos or bigvgan) as well"
+            )
+        ref = VocoderRef(vocoder, path) if vocoder else None
+        return MelSpace(
+            mel_profile, vocoder=ref, griffin_lim_iters=griffin_lim_iters, device=device
+        )
     if name == "codec":
         if not path:
             raise ValueError("the codec space needs space.path: a save_pretrained codec folder")

@@ -66,9 +66,9 @@ def stage_model_config(cfg: CurriculumConfig, stage: Stage) -> ModelConfig:
 
 def load_export_weights(model: torch.nn.Module, folder: str | Path) -> None:
     """Load an export's weights into `model` (same preset and space), strictly."""
-    from dubforge.model.checkpoint import _load_state
+    from dubforge.model.checkpoint import load_state
 
-    state = _load_state(Path(folder))
+    state = load_state(Path(folder))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(

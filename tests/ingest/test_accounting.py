@@ -31,10 +31,22 @@ PROBE_TIMEOUT = 3.0
 def _audio(path: Path, seconds: float = 10.0) -> Path:
     codec = {".m4a": ["-c:a", "aac"], ".mp3": ["-c:a", "libmp3lame"]}.get(path.suffix.lower(), [])
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-         f"sine=frequency=220:sample_rate=24000:duration={seconds}", *codec, str(path)],
-        check=True, timeout=60,
-    )  # fmt: skip
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"sine=frequency=220:sample_rate=24000:duration={seconds}",
+            *codec,
+            str(path),
+        ],
+        check=True,
+        timeout=60,
+    )
     return path
 
 
@@ -69,9 +81,13 @@ def codec(tmp_path_factory) -> Path:
 
 def _cfg(root: Path, out: Path, codec: Path, **kw) -> IngestConfig:
     return IngestConfig(
-        input=[str(root)], output=str(out), codec={"name_or_path": str(codec), "mel": "vocos_24k"},
-        faces={"enabled": False}, timeouts={"probe": PROBE_TIMEOUT}, **kw,
-    )  # fmt: skip
+        input=[str(root)],
+        output=str(out),
+        codec={"name_or_path": str(codec), "mel": "vocos_24k"},
+        faces={"enabled": False},
+        timeouts={"probe": PROBE_TIMEOUT},
+        **kw,
+    )
 
 
 def _manifest(out: Path) -> list[dict]:
@@ -131,9 +147,7 @@ def test_audio_only_media_become_tts_clips(awkward_run):
     assert inp["kind"] == "audio" and "video tasks" in inp["detail"]
     clips = [r for r in talk if r["row_type"] == "clip" and r["status"] == "accepted"]
     assert len(clips) == 2
-    samples = {
-        s.key: s for p in sorted((out / "shards").glob("*/*.tar")) for s in read_shard(p)
-    }  # fmt: skip
+    samples = {s.key: s for p in sorted((out / "shards").glob("*/*.tar")) for s in read_shard(p)}
     rec = samples["talk/00000"]
     assert rec.meta["kind"] == "audio" and rec.meta["tasks"] == ["tts"]  # no lips: no v2s
     assert "lips" not in rec.arrays and "speech.mel" in rec.arrays
@@ -150,8 +164,7 @@ def test_unreadable_subtitles_fall_back_to_voice_activity(awkward_run):
     assert inp["status"] == "accepted" and "segmented by voice activity" in inp["detail"]
 
 
-def test_reconciliation_fails_loudly_on_an_unaccounted_file(awkward, codec, tmp_path,
-                                                            monkeypatch):  # fmt: skip
+def test_reconciliation_fails_loudly_on_an_unaccounted_file(awkward, codec, tmp_path, monkeypatch):
     from dubforge.ingest import pipeline
 
     real = pipeline.file_rows
@@ -227,9 +240,12 @@ def test_splits_are_deterministic_and_keep_ids_whole():
 
 
 def test_a_movie_never_spans_two_splits(two_movies, codec, tmp_path):
-    cfg = _cfg(two_movies, tmp_path / "out", codec,
-               split={"fractions": {"train": 0.5, "val": 0.5, "test": 0.0},
-                      "pinned": {"val": ["b"]}})  # fmt: skip
+    cfg = _cfg(
+        two_movies,
+        tmp_path / "out",
+        codec,
+        split={"fractions": {"train": 0.5, "val": 0.5, "test": 0.0}, "pinned": {"val": ["b"]}},
+    )
     summary = run(cfg, local=True)
     rows = _manifest(tmp_path / "out")
     by_movie: dict[str, set] = {}
@@ -239,3 +255,30 @@ def test_a_movie_never_spans_two_splits(two_movies, codec, tmp_path):
     assert by_movie["b"] == {"val"} and len(by_movie["a"]) == 1
     assert sorted(p.parent.name for p in (tmp_path / "out" / "shards").glob("*/b-*.tar")) == ["val"]
     assert summary["clips_by_split"] == {"train": 1, "val": 1, "test": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_stage_fault_in_the_ray_pipeline_stays_with_its_unit(two_movies, codec, tmp_path):
+    import ray
+
+    clean = _cfg(two_movies, tmp_path / "clean", codec)
+    run(clean, local=True)
+    repo = str(Path(__file__).resolve().parents[2])  # so the workers can import tests.ingest
+    env = {
+        "worker_process_setup_hook": "tests.ingest.faults.tokenize_fails_for_b",
+        "env_vars": {"PYTHONPATH": repo},
+    }
+    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env=env)
+    try:
+        run(_cfg(two_movies, tmp_path / "faulty", codec, max_error_fraction=0.5))
+    finally:
+        ray.shutdown()
+    rows = [r for r in _manifest(tmp_path / "faulty") if r["row_type"] == "clip"]
+    assert [(r["input_id"], r["status"], r["reason"]) for r in rows] == [
+        ("a", "accepted", ""),
+        ("b", "rejected", "tokenize_error"),
+    ]
+    before, after = _records(tmp_path / "clean"), _records(tmp_path / "faulty")
+    assert sorted(after) == ["a/00000"]
+    assert after["a/00000"].meta == before["a/00000"].meta

@@ -30,7 +30,9 @@ def test_every_input_is_accounted_for(ingested):
         assert (inputs[name]["status"], inputs[name]["reason"]) == ("rejected", reason), name
     assert inputs["movie_000.mp4"]["status"] == "accepted"
     assert inputs["nosubs.mp4"]["status"] == "accepted"  # segmented by voice activity: no clips
-    assert not [r for r in rows if r["input_uri"].endswith("nosubs.mp4") and r["row_type"] == "clip"]
+    assert not [
+        r for r in rows if r["input_uri"].endswith("nosubs.mp4") and r["row_type"] == "clip"
+    ]
 
 
 def test_clips_match_ground_truth_energy(ingested):

@@ -28,4 +28,7 @@ def test_ingest_yaml_as_ray_job(repo, ray_cluster, ingest_inputs, tmp_path):
     assert summary["clips_accepted"] == 4 and summary["inputs"] == 4
     assert "clips_accepted" in log  # the summary table reached the job's log
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
-    assert sorted(r["status"] for r in rows) == ["accepted"] * 8  # 4 inputs + 4 clips
+    by_type = {t: [r["status"] for r in rows if r["row_type"] == t] for t in ("input", "clip")}
+    assert by_type == {"input": ["accepted"] * 4, "clip": ["accepted"] * 4}
+    files = [(r["status"], r["reason"]) for r in rows if r["row_type"] == "file"]
+    assert files and set(files) == {("accepted", "sidecar")}  # the transcripts

@@ -56,7 +56,9 @@ def _clips(out: Path) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
 
 def _manifest(out: Path) -> list[tuple]:
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
-    return sorted((r["input_uri"], r["row_type"], r["clip_no"], r["status"], r["reason"]) for r in rows)
+    return sorted(
+        (r["input_uri"], r["row_type"], r["clip_no"], r["status"], r["reason"]) for r in rows
+    )
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(ingest_inputs, ingested, tmp_path):

@@ -24,7 +24,7 @@ def test_defaults_and_builders():
     off = ModelConfig.model_validate({"sampler": {"cfg": {"enabled": False}}})
     assert sampler_kwargs(off)["cfg"] is None
     model = build_model(cfg)
-    assert model.latent_dim == 100 and model.lip_repeat == 4 and model.flow == opts
+    assert model.latent_dim == 100 and model.video_ratio == 3.75 and model.flow == opts
     assert tuple(PRESETS) == PRESET_NAMES
 
 

@@ -100,7 +100,7 @@ def corpus(tmp_path_factory) -> Corpus:
     run(IngestConfig(input=[str(root / "corpus/movies"), str(root / "corpus/speech")],
                      output=str(root / "out"), codec={"name_or_path": str(codec), "mel": True},
                      num_cpus=4))  # fmt: skip
-    samples = [s for p in sorted((root / "out/shards").glob("*.tar")) for s in read_shard(p)]
+    samples = [s for p in sorted((root / "out/shards").glob("*/*.tar")) for s in read_shard(p)]
     records = [(s.meta, s.arrays) for s in samples]
     assert sum("lips" in a for _, a in records) >= 1, "no movie clip with lips was ingested"
     assert sum("lips" not in a for _, a in records) >= 1, "no speech-corpus clip was ingested"

@@ -7,53 +7,85 @@ import pytest
 import torch
 from transformers import EncodecModel
 
+from dubforge.mel import log_mel
 from dubforge.model.batch import collate
 from dubforge.model.spaces import CodecSpace, MelSpace, build_space
+from dubforge.model.vocoders import bundled_hifigan
 from tests.ingest.codec_model import make_tiny_codec
 from tests.model.conftest import make_record
 
 
 def test_mel_space_latents_and_rates():
-    space = MelSpace()
+    space = MelSpace()  # vocos_24k: F5-TTS's mel
     meta, arrays = make_record(seconds=0.5)
     z = space.latents(arrays, "speech")
-    assert z.shape == (50, 100) and z.dtype == torch.float32
+    assert z.shape == (47, 100) and z.dtype == torch.float32
     assert torch.equal(z, torch.from_numpy(arrays["speech.mel"].astype(np.float32).T))
-    assert space.frame_rate == 100 and space.frames_per_video_frame() == 4
-    with pytest.raises(ValueError, match=r"speech\.mel.*codec\.mel: true"):
+    assert (space.latent_dim, space.frame_rate, space.sample_rate) == (100, 93.75, 24000)
+    assert space.video_ratio == 3.75 and space.fallback
+    with pytest.raises(ValueError, match="not an integer multiple of 25 fps.*video_ratio"):
+        space.frames_per_video_frame()
+    with pytest.raises(ValueError, match=r"speech\.mel.*codec\.mel: vocos_24k"):
         space.latents({"speech.codes": np.zeros((8, 10), np.int16)}, "speech")
+    hifi = build_space("mel", mel_profile="hifigan_22k")
+    assert (hifi.latent_dim, hifi.sample_rate) == (80, 22050)
+    assert hifi.video_ratio == pytest.approx(22050 / 256 / 25)
+    assert hifi.latents(make_record(profile="hifigan_22k")[1], "speech").shape == (86, 80)
+    with pytest.raises(ValueError, match=r"profile 'hifigan_22k' has 80 bins"):
+        hifi.latents(arrays, "speech")
 
 
-def test_griffin_lim_inverts_a_real_log_mel_to_the_right_length():
-    from dubforge.ingest.tokenize import log_mel
+def test_mel_space_checks_the_record_profile():
+    space = MelSpace("hifigan_22k")
+    space.check_profile("hifigan_22k")
+    for other in ("vocos_24k", None):
+        with pytest.raises(ValueError, match=rf"in profile {other!r}.*reads 'hifigan_22k'"):
+            space.check_profile(other)
+    with pytest.raises(ValueError, match="unknown mel profile"):
+        MelSpace("mel_100hz")
 
+
+def test_griffin_lim_fallback_inverts_a_real_log_mel_to_the_right_length():
     t = np.arange(24000) / 24000
     wave = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    mel = torch.from_numpy(log_mel(wave).astype(np.float32).T)[None]  # [1, 100, 100]
-    out = MelSpace(griffin_lim_iters=8).decode(mel)
-    assert out.shape == (1, 24000) and bool(torch.isfinite(out).all())
+    mel = torch.from_numpy(log_mel(wave, 24000, "vocos_24k").T)[None]  # [1, 94, 100]
+    space = MelSpace(griffin_lim_iters=8)
+    out = space.decode(mel)
+    assert out.shape == (1, 93 * 256) and bool(torch.isfinite(out).all())
     spec = np.abs(np.fft.rfft(out[0, 2400:-2400].numpy()))
     assert abs(np.argmax(spec) * 24000 / len(spec) / 2 - 440) < 15  # the tone survives
-    again = MelSpace(griffin_lim_iters=8).decode(mel)
-    assert torch.equal(out, again)  # seeded phase: deterministic
+    assert torch.equal(out, MelSpace(griffin_lim_iters=8).decode(mel))  # seeded phase
+    assert space.fallback and space.reference()["vocoder"] is None
 
 
-def test_mel_vocoder_by_torchscript_path(tmp_path):
-    class Voc(torch.nn.Module):
-        def forward(self, mel: torch.Tensor) -> torch.Tensor:
-            return mel.mean(dim=1).repeat_interleave(240, dim=-1)[:, None]  # [b, 1, n * 240]
-
-    path = tmp_path / "voc.pt"
-    torch.jit.save(torch.jit.script(Voc()), str(path))
-    space = build_space("mel", str(path))
-    out = space.decode(torch.ones(2, 7, 100))
-    assert out.shape == (2, 7 * 240) and bool(out.eq(1).all())
-    assert space.reference()["path"] == str(path)
+def test_mel_space_decodes_through_its_configured_vocoder():
+    path = str(bundled_hifigan())
+    space = build_space("mel", path, mel_profile="hifigan_22k", vocoder="hifigan")
+    assert not space.fallback and space.vocoder.kind == "hifigan"
+    ref = space.reference()
+    assert ref["mel_profile"] == "hifigan_22k" and ref["vocoder"] == {
+        "kind": "hifigan",
+        "path": path,
+    }
+    mel = torch.full((1, 6, 80), -6.0)
+    assert space.decode(mel).shape == (1, 6 * 256)
+    with pytest.raises(ValueError, match=r"reads a different mel than profile 'vocos_24k'"):
+        build_space("mel", path, mel_profile="vocos_24k", vocoder="hifigan")
+    with pytest.raises(ValueError, match="without its kind"):
+        build_space("mel", path, mel_profile="hifigan_22k")
+    explicit = build_space("mel", mel_profile="hifigan_22k", vocoder="griffin_lim")
+    assert explicit.fallback and explicit.reference()["vocoder"] == {
+        "kind": "griffin_lim",
+        "path": None,
+    }
 
 
 def test_codec_space_codes_to_latents_is_the_quantizer_sum(encodec_dir):
     space = build_space("codec", str(encodec_dir), codebooks=8)
     assert (space.latent_dim, space.frame_rate, space.frames_per_video_frame()) == (16, 75.0, 3)
+    assert space.video_ratio == 3.0 and not space.fallback
+    space.check_profile(None)  # codes do not depend on a mel profile
+    space.check_profile("hifigan_22k")
     meta, arrays = make_record(seconds=0.4, codes=8)
     z = space.latents(arrays, "speech")  # [30, 16]
     assert z.shape == (30, 16)
@@ -76,6 +108,7 @@ def test_codecs_that_cannot_align_or_load_are_refused(tmp_path):
     assert dac.frame_rate == 31.25 and dac.latent_dim == 64
     with pytest.raises(ValueError, match="not an integer multiple of 25 fps"):
         dac.frames_per_video_frame()
+    assert dac.video_ratio == 1.25  # lips reach it by interpolation
     z = dac.latents({"bg.codes": np.zeros((4, 5), np.int16)}, "background")
     assert z.shape == (5, 64)
     with pytest.raises(ValueError, match="supports"):
@@ -94,5 +127,6 @@ def test_to_waves_decodes_each_stream_to_its_clip_length():
     batch = collate(recs, space, tasks=["v2st", "v2a"], train=False)
     waves = to_waves(space, batch.latents, batch)
     assert [sorted(w) for w in waves] == [["background", "speech"], ["background"]]
-    assert len(waves[0]["speech"]) == 30 * 240 and len(waves[1]["background"]) == 20 * 240
+    # vocos_24k Griffin-Lim: n frames centred on multiples of the hop -> (n - 1) * 256 samples
+    assert len(waves[0]["speech"]) == 27 * 256 and len(waves[1]["background"]) == 18 * 256
     assert waves[0]["speech"].dtype == np.float32

@@ -20,7 +20,7 @@ import yaml
 
 from dubforge.ingest.shards import read_shard
 from dubforge.model.batch import collate
-from dubforge.model.checkpoint import _load_state, load_checkpoint
+from dubforge.model.checkpoint import load_checkpoint, load_state
 from dubforge.model.presets import dit_tiny
 from dubforge.model.spaces import MelSpace
 from dubforge.train.engine import state_digest
@@ -136,8 +136,8 @@ def test_stage_starts_from_previous_export_and_frozen_modules_stay(job):
     for prev, stage in zip(STAGES, STAGES[1:], strict=False):
         assert stages[stage]["init"].endswith(f"exports/{prev}")
         # the weights the stage's first step used are exactly the previous export's
-        assert stages[stage]["init_digest"] == state_digest(_load_state(storage / "exports" / prev))
-    tts, v2a = _load_state(storage / "exports" / "tts"), _load_state(storage / "exports" / "v2a")
+        assert stages[stage]["init_digest"] == state_digest(load_state(storage / "exports" / prev))
+    tts, v2a = load_state(storage / "exports" / "tts"), load_state(storage / "exports" / "v2a")
     frozen = [k for k in tts if k.startswith("text_encoder.")]
     assert frozen and all(torch.equal(tts[k], v2a[k]) for k in frozen)
     moved = [k for k in tts if k.startswith("dit.") and not torch.equal(tts[k], v2a[k])]
