@@ -66,34 +66,25 @@ def pair_references(
     return pairs, skipped
 
 
-def _rate(name: str, rec: ClipRecord, mel_rate: float | None) -> float:
-    if name.endswith(".mel"):
-        assert mel_rate is not None, "mel arrays need a mel profile rate"
-        return mel_rate
-    return rec.codec.frame_rate
-
-
 def prompted(
-    pair: Pair, speech_keys: Sequence[str], mel_rate: float | None
+    pair: Pair, speech_key: str, bg_key: str, frame_rate: float
 ) -> tuple[ClipRecord, dict[str, np.ndarray], float]:
-    """(record, arrays, prompt seconds) of the reference followed by the target. The prompt is
-    cut to whole video frames so that lips and latents change clips at the same instant."""
+    """(record, arrays, prompt seconds) of the reference followed by the target, for a space
+    that reads `speech_key` / `bg_key` arrays at `frame_rate`. The prompt is cut to whole video
+    frames so that lips and latents change clips at the same instant."""
     ref, tgt = pair.ref, pair.target
     prompt_frames = math.floor(ref.duration * FPS + 1e-6)
     seconds = prompt_frames / FPS
+    pad = round(seconds * frame_rate)
     arrays: dict[str, np.ndarray] = {}
-    for key in speech_keys:
-        if key not in pair.target_arrays or key not in pair.ref_arrays:
-            continue
-        head = np.asarray(pair.ref_arrays[key])  # head: [m or q, t]
-        head = head[..., : round(seconds * _rate(key, ref, mel_rate))]
-        arrays[key] = np.concatenate([head, np.asarray(pair.target_arrays[key])], axis=-1)
-    for key, value in pair.target_arrays.items():
-        if key.startswith("bg."):  # the background is generated whole; its prompt is silence
-            pad = round(seconds * _rate(key, tgt, mel_rate))
-            fill = value.min() if key.endswith(".mel") else 0
-            head = np.full((*value.shape[:-1], pad), fill, dtype=value.dtype)
-            arrays[key] = np.concatenate([head, value], axis=-1)
+    if speech_key in pair.target_arrays and speech_key in pair.ref_arrays:
+        head = np.asarray(pair.ref_arrays[speech_key])[..., :pad]  # head: [m or q, t]
+        arrays[speech_key] = np.concatenate([head, pair.target_arrays[speech_key]], axis=-1)
+    if bg_key in pair.target_arrays:  # generated whole; under the prompt, the quietest value
+        value = np.asarray(pair.target_arrays[bg_key])
+        fill = value.min() if bg_key.endswith(".mel") else 0
+        head = np.full((*value.shape[:-1], pad), fill, dtype=value.dtype)
+        arrays[bg_key] = np.concatenate([head, value], axis=-1)
     if "lips" in pair.target_arrays:
         lips = np.asarray(pair.target_arrays["lips"])  # lips: [f, 96, 96]
         ref_lips = pair.ref_arrays.get("lips")

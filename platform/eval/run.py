@@ -212,8 +212,7 @@ def generate(
     """Per item: ({stem: generated wave of the target part}, prompt seconds). The prompt (the
     reference clip's speech) is given; the target part is generated whole."""
     device = next(model.parameters()).device
-    mel_rate = space.profile.frame_rate if isinstance(space, MelSpace) else None
-    keys = [space.array_key("speech")]
+    keys = (space.array_key("speech"), space.array_key("background"), space.frame_rate)
     out: list[tuple[dict[str, np.ndarray], float]] = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
@@ -221,7 +220,7 @@ def generate(
         for it in chunk:
             assert it.ref is not None and it.ref_arrays is not None, "pair items first"
             pair = Pair(it.meta, it.arrays, it.ref, it.ref_arrays)
-            record, arrays, seconds = prompted(pair, keys, mel_rate)
+            record, arrays, seconds = prompted(pair, *keys)
             frames = (
                 space.latents(arrays, "speech").shape[0]
                 - space.latents(dict(it.arrays), "speech").shape[0]

@@ -1,4 +1,5 @@
-"""`evaluate_checkpoint`: a tiny exported dubber scored on hand-written shards (no Ray)."""
+"""`evaluate_checkpoint`: a tiny exported dubber scored on hand-written val shards (no Ray),
+under the papers' protocol."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import soundfile as sf
 import torch
 
 from dubforge.eval.config import EvalConfig
-from dubforge.eval.evaluate import METRICS
-from dubforge.eval.run import evaluate_checkpoint, read_items, reference_speech, shard_paths
+from dubforge.eval.evaluate import METRICS, Evaluator
+from dubforge.eval.run import evaluate_checkpoint, read_records, reference_speech, shard_paths
 from dubforge.ingest.shards import Sample, ShardWriter
 from dubforge.model.checkpoint import save_checkpoint
 from dubforge.model.config import ModelConfig
 from dubforge.model.presets import build_model, space_from_config
 from dubforge.model.spaces import MelSpace
+from dubforge.schema import ClipRecord
 from tests.eval.tiny_models import save_random_syncnet
 from tests.ingest.codec_model import make_tiny_codec
 from tests.model.conftest import make_record
 
 SR = 24000
+QUIET = EvalConfig(speaker_encoder="none", dnsmos=False)
 
 
 def _tone(path: Path, seconds: float = 2.0, hz: float = 220.0) -> Path:
@@ -31,33 +34,69 @@ def _tone(path: Path, seconds: float = 2.0, hz: float = 220.0) -> Path:
     return path
 
 
+def _val(meta: dict, **kw) -> dict:
+    return {**meta, "split": "val", **kw}
+
+
 def _records(media: Path) -> list[tuple[dict, dict]]:
-    """A movie with a delivered dialogue stem (v2st), a speech-corpus clip (tts), a movie whose
-    source is gone but whose faces are 25 fps (v2st, LSE), and two records to skip."""
-    movie_meta, movie = make_record("movie_a/00000", 1.0, seed=1)
+    """Two clips of one movie speaker (v2st, a delivered dialogue stem), two of one reader
+    (tts), a movie clip whose speaker has no other clip (25 fps faces, source gone), and three
+    to skip: codes only, an old schema, a train record in the val folder."""
     (media / "movie_a.mp4").write_bytes(b"the mixture; never read as a speech reference")
-    _tone(media / "movie_a.dialogue.wav")
-    movie_meta.update(kind="movie", source=str(media / "movie_a.mp4"), start=0.2, end=1.2)
-    speech_meta, speech = make_record("reader_0/00000", 1.0, bg=False, video=False, seed=2)
-    speech_meta.update(kind="speech", source=str(_tone(media / "reader_0.wav")), speaker="r0")
-    gone_meta, gone = make_record("movie_b/00003", 1.0, face=False, seed=3)
-    gone_meta.update(kind="movie", source=str(media / "missing.mp4"), face_fps=25)
+    _tone(media / "movie_a.dialogue.wav", 4.0)
+    out = []
+    for k, (start, seconds) in enumerate(((0.2, 1.0), (2.0, 1.4))):
+        meta, arrays = make_record(f"movie_a/0000{k}", seconds, seed=1 + k, text=f"line {k}")
+        out.append(
+            (
+                _val(
+                    meta,
+                    kind="movie",
+                    source=str(media / "movie_a.mp4"),
+                    start=start,
+                    end=start + seconds,
+                    speaker="movie_a:A",
+                ),
+                arrays,
+            )
+        )
+    for k in range(2):
+        meta, arrays = make_record(
+            f"reader_0/0000{k}", 1.0, bg=False, video=False, seed=3 + k, text=f"read {k}"
+        )
+        source = str(_tone(media / f"reader_0_{k}.wav", hz=200 + 40 * k))
+        out.append((_val(meta, kind="speech", source=source, speaker="r0"), arrays))
+    meta, gone = make_record("movie_b/00003", 1.0, face=False, seed=5)
     gone["face"] = np.random.default_rng(3).integers(0, 256, (25, 224, 224, 3), dtype=np.uint8)
-    codes_meta, codes = make_record("movie_c/00000", 1.0, seed=4, codes=8)
+    out.append(
+        (
+            _val(
+                meta,
+                kind="movie",
+                source=str(media / "missing.mp4"),
+                face_fps=25,
+                speaker="movie_b:B",
+            ),
+            gone,
+        )
+    )
+    meta, codes = make_record("movie_c/00000", 1.0, seed=6, codes=8)
     del codes["speech.mel"]
-    old_meta, old = make_record("movie_d/00000", 1.0, seed=5)
-    old_meta["schema_version"] = 0
-    return [(movie_meta, movie), (speech_meta, speech), (gone_meta, gone), (codes_meta, codes),
-            (old_meta, old)]  # fmt: skip
+    out.append((_val(meta, speaker="movie_c:C"), codes))
+    meta, old = make_record("movie_d/00000", 1.0, seed=7)
+    out.append((_val(meta, schema_version=1), old))
+    meta, trained = make_record("movie_e/00000", 1.0, seed=8)
+    out.append((meta, trained))  # split "train", but written into the val folder
+    return out
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    """An exported tiny mel-space checkpoint and two shards of five records."""
+    """An exported tiny mel-space checkpoint and the val shards of the records above."""
     root = tmp_path_factory.mktemp("evaluate")
     media = root / "media"
     media.mkdir()
-    writer = ShardWriter(root / "ingest" / "shards", "unit", 2**26, max_samples=3)
+    writer = ShardWriter(root / "ingest" / "shards" / "val", "unit", 2**26, max_samples=4)
     for meta, arrays in _records(media):
         writer.write(Sample(meta["key"], meta, arrays))
     writer.close()
@@ -73,95 +112,165 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def evaluated(inputs) -> tuple[dict, Path]:
+def evaluated(inputs) -> tuple[dict, Path, list[str]]:
     out = inputs["root"] / "eval"
     config = EvalConfig(speaker_encoder="none", syncnet_path=inputs["syncnet"], lse_vshift=2)
-    summary = evaluate_checkpoint(inputs["ckpt"], inputs["ingest"], out, nfe=2, guidance=None,
-                                  eval_config=config, samples=2)  # fmt: skip
-    return summary, out
+    texts: list[str] = []
+    ev = Evaluator(config)
+    real = type(ev).__call__
+
+    class Spy(type(ev)):
+        def __call__(self, *args, **kw):
+            texts.append(kw.get("text"))
+            return real(self, *args, **kw)
+
+    ev.__class__ = Spy
+    summary = evaluate_checkpoint(
+        inputs["ckpt"], inputs["ingest"], out, nfe=2, guidance=None, evaluator=ev, samples=2
+    )
+    return summary, out, texts
 
 
 def test_outputs_exist(evaluated):
-    summary, out = evaluated
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "metrics.md", "evaluation.json",
-                                               "samples"}  # fmt: skip
+    summary, out, _ = evaluated
+    assert {p.name for p in out.iterdir()} == {
+        "metrics.json",
+        "metrics.md",
+        "evaluation.json",
+        "samples",
+    }
     names = sorted(p.name for p in (out / "samples").iterdir())
-    stems = ["movie_a_00000.gen", "movie_a_00000.gen.bg", "movie_a_00000.ref",
-             "reader_0_00000.gen", "reader_0_00000.ref"]  # fmt: skip
+    stems = [
+        "movie_a_00000.gen",
+        "movie_a_00000.gen.bg",
+        "movie_a_00000.ref",
+        "movie_a_00001.gen",
+        "movie_a_00001.gen.bg",
+        "movie_a_00001.ref",
+    ]
     assert names == sorted(f"{s}.{ext}" for s in stems for ext in ("png", "wav"))
     assert json.loads((out / "evaluation.json").read_text()) == summary
     assert "| **mean (n)** |" in (out / "metrics.md").read_text()
 
 
+def test_setting_2_prompts_with_another_clip_of_the_speaker(evaluated):
+    summary, _, _ = evaluated
+    assert (summary["protocol"], summary["split"]) == ("setting2", "val")
+    assert summary["vocoder"] == {"kind": "griffin_lim", "path": None, "fallback": True}
+    got = [
+        (s["key"], s["task"], s["reference_clip"], s["target_speech"]) for s in summary["samples"]
+    ]
+    assert got == [
+        ("movie_a/00000", "v2st", "movie_a/00001", "source_dialogue"),
+        ("movie_a/00001", "v2st", "movie_a/00000", "source_dialogue"),
+        ("reader_0/00000", "tts", "reader_0/00001", "source"),
+        ("reader_0/00001", "tts", "reader_0/00000", "source"),
+    ]
+    # the whole target clip is generated: its length is the target's, not the prompt's
+    for s, seconds in zip(summary["samples"], (1.0, 1.4, 1.0, 1.0), strict=True):
+        assert abs(s["seconds"] - seconds) < 0.02, s
+    skipped = {s["key"]: s["reason"] for s in summary["skipped"]}
+    assert "no other clip of movie_b:B" in skipped["movie_b/00003"]
+    assert "speech.mel" in skipped["movie_c/00000"] and "Re-ingest" in skipped["movie_d/00000"]
+    assert "train record in the val folder" in skipped["movie_e/00000"]
+
+
+def test_wer_compares_the_target_script(evaluated):
+    """The old code scored the part after an in-clip reference against the whole line; the
+    text scored now is exactly each target's own script."""
+    summary, _, texts = evaluated
+    assert texts == ["line 0", "line 1", "read 0", "read 1"]
+
+
 def test_every_metric_is_a_number_or_a_reason(evaluated):
-    summary, out = evaluated
+    summary, out, _ = evaluated
     doc = json.loads((out / "metrics.json").read_text())
-    assert [r["sample"] for r in doc["rows"]] == ["movie_a_00000", "reader_0_00000",
-                                                  "movie_b_00003"]  # fmt: skip
+    assert len(doc["rows"]) == 4
     for row in doc["rows"]:
         assert set(METRICS) <= set(row), row["sample"]
         for name in METRICS:
             value, reason = row[name]["value"], row[name]["reason"]
             assert (value is None) == bool(reason), (row["sample"], name, row[name])
-        assert row["mcd_dtw"]["value"] is not None
-    movie, speech, gone = doc["rows"]
+        assert row["mcd_dtw"]["value"] is not None and row["dnsmos_ovrl"]["value"] is not None
+    movie, _, speech, _ = doc["rows"]
     assert "ASR" in movie["wer"]["reason"] and "speaker encoder" in movie["secs"]["reason"]
     assert "no video" in speech["av_align"]["reason"]
-    assert "25 fps" in movie["lse_d"]["reason"] and gone["lse_d"]["value"] is not None
-    assert set(summary["metrics"]) == set(METRICS)
+    assert "25 fps" in movie["lse_d"]["reason"]
+    # v2st's background stream is scored too; no local movie frames -> AV-Align n/a
+    assert movie["bg_energy_ratio_db"]["value"] is not None
+    assert movie["bg_dnsmos_bak"]["value"] is not None
 
 
-def test_tasks_reference_origins_and_skips_are_recorded(evaluated):
-    summary, _ = evaluated
-    got = [(s["key"], s["task"], s["reference"]) for s in summary["samples"]]
-    assert got == [("movie_a/00000", "v2st", "source_dialogue"),
-                   ("reader_0/00000", "tts", "source"),
-                   ("movie_b/00003", "v2st", "decoded_latents")]  # fmt: skip
-    assert all(s["scored_from_s"] == pytest.approx(0.28) for s in summary["samples"])
-    skipped = {s["key"]: s["reason"] for s in summary["skipped"]}
-    assert "speech.mel" in skipped["movie_c/00000"] and "schema_version" in skipped["movie_d/00000"]
-    assert summary["settings"]["nfe"] == 2 and summary["settings"]["cfg"] is None
+def test_setting_1_uses_the_targets_own_audio(inputs, tmp_path):
+    summary = evaluate_checkpoint(
+        inputs["ckpt"],
+        inputs["ingest"],
+        tmp_path,
+        nfe=2,
+        protocol="setting1",
+        guidance=None,
+        eval_config=QUIET,
+        samples=0,
+        clips=5,
+    )
+    assert [(s["key"], s["reference_clip"]) for s in summary["samples"]] == [
+        (k, k)
+        for k in (
+            "movie_a/00000",
+            "movie_a/00001",
+            "reader_0/00000",
+            "reader_0/00001",
+            "movie_b/00003",
+        )
+    ]
 
 
-def test_limit_and_shard_locations(inputs):
+def test_train_is_never_scored_and_shard_locations(inputs):
+    with pytest.raises(ValueError, match="never train"):
+        evaluate_checkpoint(inputs["ckpt"], inputs["ingest"], "/tmp/x", split="train")
     shards = inputs["ingest"] / "shards"
-    every = shard_paths(inputs["ingest"])
-    assert len(every) == 2 and every == shard_paths(shards) == shard_paths(f"{shards}/*.tar")
-    assert shard_paths(every[0]) == [every[0]]
-    with pytest.raises(FileNotFoundError, match="glob"):
-        shard_paths(inputs["root"] / "nothing-here")
-    items, skipped = read_items(every, MelSpace(), ("tts", "v2s"), limit=1)
-    assert [(it.name, it.task) for it in items] == [("movie_a_00000", "v2s")] and not skipped
-    items, skipped = read_items(every, MelSpace(), ("v2a",), limit=8)
-    assert not items and len(skipped) == 5 and "supports none" in skipped[0]["reason"]
+    every = shard_paths(inputs["ingest"], "val")
+    assert len(every) == 2 and every == shard_paths(shards, "val")  # 8 records, 4 a shard
+    with pytest.raises(FileNotFoundError, match="test"):
+        shard_paths(inputs["ingest"], "test")
+    records, skipped = read_records(every, "val", limit=3)
+    assert [r.key for r, _ in records] == ["movie_a/00000", "movie_a/00001", "reader_0/00000"]
 
 
 def test_unreadable_source_falls_back_to_the_latents(tmp_path):
     meta, arrays = make_record("reader_1/00000", 0.5, bg=False, video=False)
     (tmp_path / "broken.wav").write_text("not audio")
     meta.update(kind="speech", source=str(tmp_path / "broken.wav"))
-    wave, origin = reference_speech(meta, arrays, MelSpace(griffin_lim_iters=2))
+    wave, origin = reference_speech(
+        ClipRecord.from_dict(meta), arrays, MelSpace(griffin_lim_iters=2)
+    )
     assert origin.startswith("decoded_latents (") and "decode_error" in origin
-    assert wave.shape == (12000,)  # 50 mel frames x 240 samples
+    assert len(wave) == (len(arrays["speech.mel"][0]) - 1) * 256  # vocos_24k: hop 256, centred
 
 
 def test_codec_space_checkpoint(tmp_path):
-    """75 Hz EnCodec latents: 320-sample frames, reference cut at whole 25 fps frames (x3)."""
+    """75 Hz EnCodec latents; setting 1 (the reader's only clip prompts itself)."""
     codec = make_tiny_codec(tmp_path / "codec", "encodec")
     cfg = ModelConfig(space={"name": "codec", "path": str(codec), "codebooks": 8}, tasks=["v2s"])
     space = space_from_config(cfg.space)
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "ckpt", build_model(cfg, space), cfg, space)
-    writer = ShardWriter(tmp_path / "shards", "unit", 2**26, max_samples=8)
+    writer = ShardWriter(tmp_path / "shards" / "test", "unit", 2**26, max_samples=8)
     meta, arrays = make_record("movie_e/00000", 1.0, face=False, codes=8)
-    writer.write(Sample(meta["key"], meta, arrays))
+    writer.write(Sample(meta["key"], {**meta, "split": "test"}, arrays))
     writer.close()
-    quiet = EvalConfig(speaker_encoder="none")
     summary = evaluate_checkpoint(
-        ckpt, tmp_path / "shards", tmp_path / "eval", nfe=2, eval_config=quiet, samples=0
+        ckpt,
+        tmp_path / "shards",
+        tmp_path / "eval",
+        split="test",
+        protocol="setting1",
+        nfe=2,
+        eval_config=QUIET,
+        samples=0,
     )
     (sample,) = summary["samples"]
-    assert (sample["task"], sample["reference"]) == ("v2s", "decoded_latents")
-    assert sample["scored_from_s"] == pytest.approx(21 * 320 / 24000)  # int(75 * 0.3) // 3 * 3
+    assert (sample["task"], sample["target_speech"]) == ("v2s", "decoded_latents")
+    assert sample["prompt_seconds"] == pytest.approx(1.0)
     assert summary["space"] == "codec" and summary["metrics"]["mcd_dtw"]["count"] == 1
     assert not (tmp_path / "eval" / "samples").exists()
