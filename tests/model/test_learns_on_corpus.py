@@ -49,6 +49,7 @@ CODEC_STEPS = 150  # tts only: ~0.1 s a step
 EVAL_DRAWS = 16  # (t, noise, dropout) draws the before/after loss is averaged over
 REF_FRACTION = 0.3  # sampling: the first 30 % of each clip is the given reference voice
 NFE = 16
+RATE = MelSpace().frame_rate  # vocos_24k: 93.75 mel frames (= latent frames) per second
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,9 @@ def corpus(tmp_path_factory) -> Corpus:
     generate(SynthConfig(output=str(root / "corpus"), movies=1, seed=11, duration=12.0,
                          scene_seconds=12.0, speech_utterances=2, speech_speakers=1))  # fmt: skip
     codec = make_tiny_codec(root / "codec", "encodec")
+    codec_cfg = {"name_or_path": str(codec), "mel": "vocos_24k"}
     run(IngestConfig(input=[str(root / "corpus/movies"), str(root / "corpus/speech")],
-                     output=str(root / "out"), codec={"name_or_path": str(codec), "mel": True},
-                     num_cpus=4))  # fmt: skip
+                     output=str(root / "out"), codec=codec_cfg, num_cpus=4))  # fmt: skip
     samples = [s for p in sorted((root / "out/shards").glob("*/*.tar")) for s in read_shard(p)]
     records = [(s.meta, s.arrays) for s in samples]
     assert sum("lips" in a for _, a in records) >= 1, "no movie clip with lips was ingested"
@@ -143,7 +144,7 @@ def _schedule(step: int, steps: int) -> float:
 def train(records: Sequence[Record], space: AcousticSpace, steps: int, tasks: list[str]) -> Trained:
     """Full-batch AdamW on all clips; a fresh random span per clip each step (as in training)."""
     torch.manual_seed(SEED)
-    model = dit_tiny(space.latent_dim, space.frames_per_video_frame())
+    model = dit_tiny(space.latent_dim, space.video_ratio)
     untrained = copy.deepcopy(model).eval()
     fixed = collate(records, space, tasks=tasks, seed=1234)
     before = span_loss(model, fixed)
@@ -228,9 +229,10 @@ def test_mel_infill_is_closer_to_ground_truth(corpus, mel_run, mel_infill):
     scores: dict[str, dict[str, list[float]]] = {}
     for name, latents in mel_infill.latents.items():
         mcd = []
+        hop = round(space.sample_rate / space.frame_rate)
         for i, (meta, _) in enumerate(corpus.records):
             n = int(batch.lengths[i])
-            first = int((~batch.span[i, 0, :n]).sum()) * 240  # samples of the given reference
+            first = int((~batch.span[i, 0, :n]).sum()) * hop  # samples of the given reference
             wave = space.decode(latents[i : i + 1, 0, :n])[0].numpy()
             truth = _truth_wave(corpus, meta, space.sample_rate)[: len(wave)]
             mcd.append(mcd_dtw(wave[first:], truth[first:], space.sample_rate)[0].value)
@@ -240,10 +242,13 @@ def test_mel_infill_is_closer_to_ground_truth(corpus, mel_run, mel_infill):
         pairs = zip(scores["untrained"][metric], scores["trained"][metric], strict=True)
         per_clip = [f"{a:.2f}/{b:.2f}" for a, b in pairs]
         print(f"[mel] {metric}: untrained {u:.3f}, trained {t:.3f} (per clip {per_clip})")
+    copy_l2 = float(np.mean(span_l2(copy_baseline(batch), batch)))
     print(f"[mel] l2 of a trivial infill (each clip's mean reference frame): "
-          f"{np.mean(span_l2(_reference_mean(batch), batch)):.3f}")  # fmt: skip
+          f"{np.mean(span_l2(_reference_mean(batch), batch)):.3f}; copy baseline (the "
+          f"reference stretched over the span) {copy_l2:.3f}")  # fmt: skip
     for metric in ("mcd", "l2"):
         assert np.mean(scores["trained"][metric]) < np.mean(scores["untrained"][metric]), metric
+    assert np.mean(scores["trained"]["l2"]) < copy_l2
 
 
 def _reference_mean(batch: Batch) -> torch.Tensor:
@@ -252,6 +257,21 @@ def _reference_mean(batch: Batch) -> torch.Tensor:
     for i in range(batch.size):
         keep = batch.frame_mask[i, 0] & ~batch.span[i, 0]
         out[i, 0][batch.span[i, 0]] = batch.latents[i, 0][keep].mean(0)
+    return out
+
+
+def copy_baseline(batch: Batch) -> torch.Tensor:
+    """The copy baseline of the learning benchmark: each clip's given reference frames
+    time-stretched (linear interpolation) over its generated span."""
+    out = batch.latents.clone()
+    for i in range(batch.size):
+        keep = batch.frame_mask[i, 0] & ~batch.span[i, 0]
+        ref = batch.latents[i, 0][keep]  # ref: [r, c]
+        n = int(batch.span[i, 0].sum())
+        stretched = torch.nn.functional.interpolate(
+            ref.T[None], size=n, mode="linear", align_corners=True
+        )[0].T  # stretched: [n, c]
+        out[i, 0][batch.span[i, 0]] = stretched
     return out
 
 
@@ -293,7 +313,8 @@ def test_generated_speech_activity_follows_lips(corpus, mel_infill):
         for i in video:
             n = int(batch.lengths[i])
             mel = latents[i, 0, :n].T.numpy()  # mel: [100, n]
-            pred.append(_activity(mel, n, 100.0, 40.0)[batch.span[i, 0, :n].numpy()] > 0.5)
+            active = _activity(mel, n, RATE, 40.0, RATE)  # the latents are the mel frames
+            pred.append(active[batch.span[i, 0, :n].numpy()] > 0.5)
         got[name] = _agreement(np.concatenate(pred), target)
         print(
             f"[activity] generated by {name}: "
@@ -315,10 +336,11 @@ def test_codec_infill_latents_move_toward_targets(corpus):
         for k, m in models.items()
     }
     trivial = float(np.mean(span_l2(_reference_mean(batch), batch)))
+    copied = float(np.mean(span_l2(copy_baseline(batch), batch)))
     print(f"[codec] span CFM loss {run.before:.3f} -> {run.after:.3f} "
           f"({run.before / run.after:.2f}x) in {CODEC_STEPS} steps, {run.seconds:.0f} s, "
           f"offsets-only bound {run.offsets_only:.3f}; latent "
           f"L2 untrained {dist['untrained']:.3f}, trained {dist['trained']:.3f} (trivial "
-          f"mean-reference infill {trivial:.3f})")  # fmt: skip
+          f"mean-reference infill {trivial:.3f}, copy baseline {copied:.3f})")  # fmt: skip
     assert run.after < run.before
-    assert dist["trained"] < dist["untrained"]
+    assert dist["trained"] < dist["untrained"] and dist["trained"] < copied
