@@ -237,6 +237,25 @@ def generate(
     return out
 
 
+def copy_baseline(
+    items: list[Item], space: AcousticSpace
+) -> list[tuple[dict[str, np.ndarray], float]]:
+    """The copy baseline: each target's reference clip, its speech latents time-stretched
+    (linear interpolation) to the target's length and decoded the same way; no model. A
+    dubber that does not beat it has learnt nothing from text, lips or labels."""
+    out = []
+    for it in items:
+        assert it.ref is not None and it.ref_arrays is not None, "pair items first"
+        ref = space.latents(dict(it.ref_arrays), "speech")  # ref: [r, c]
+        n = space.latents(dict(it.arrays), "speech").shape[0]
+        stretched = torch.nn.functional.interpolate(
+            ref.T[None], size=n, mode="linear", align_corners=True
+        )[0].T  # stretched: [n, c]
+        wave = space.decode(stretched[None])[0].numpy().astype(np.float32)
+        out.append(({"speech": wave}, 0.0))
+    return out
+
+
 def _video_metrics(
     ev: Evaluator, wave: np.ndarray, sr: int, item: Item, first_frame: int
 ) -> dict[str, MetricResult]:
@@ -380,6 +399,7 @@ def evaluate_checkpoint(
     device: str = "cpu",
     evaluator: Evaluator | None = None,
     pool_limit: int = 2000,
+    generator: Literal["model", "copy"] = "model",
 ) -> dict[str, Any]:
     """Generate for up to `clips` held-out targets of `split` with the exported `checkpoint`,
     score them under `protocol` and write the report into `out`; returns the summary that
@@ -388,7 +408,8 @@ def evaluate_checkpoint(
     `nfe`, `method`, `sway`: sampler settings (None: the export's). `guidance`: a `Guidance`,
     None for no CFG, or "checkpoint" for the export's. `vocoder`: (kind, path) to decode mel
     with instead of the export's. `evaluator`: a prebuilt one (models loaded once across
-    calls), else built from `eval_config`."""
+    calls), else built from `eval_config`. `generator="copy"` scores the copy baseline
+    (`copy_baseline`) instead of the model, on the same pairs."""
     if split == "train":
         raise ValueError("evaluation reads val or test clips, never train: the model saw them")
     if clips < 1 or samples < 0 or batch_size < 1:
@@ -416,7 +437,12 @@ def evaluate_checkpoint(
         )
     kw = _sampler(ckpt.config, nfe, guidance)
     kw.update({k: v for k, v in (("method", method), ("sway", sway)) if v is not None})
-    gens = generate(ckpt.model, items, space, batch_size=batch_size, seed=seed, sample_kwargs=kw)
+    if generator == "copy":
+        gens = copy_baseline(items, space)
+    else:
+        gens = generate(
+            ckpt.model, items, space, batch_size=batch_size, seed=seed, sample_kwargs=kw
+        )
     ev = evaluator or Evaluator(eval_config)
     rows, infos = _score_items(ev, items, gens, space, Path(out), samples)
     paths = write_report(rows, out)

@@ -259,6 +259,9 @@ def _media_input(r: _Root, path: str, kind: str) -> None:
     if txt:
         if input_kind == "speech" and csv_path is None:
             r.row(txt, "accepted", "sidecar", f"transcript of {what}", owner)
+        elif input_kind == "speech":
+            detail = f"transcript of {what}; its metadata.csv row was used"
+            r.row(txt, "accepted", "sidecar", detail, owner)
         else:
             detail = f"{what} has subtitles or a metadata.csv row, which are used instead"
             r.row(txt, "rejected", "ignored_sidecar", detail, owner)

@@ -225,6 +225,22 @@ def test_setting_1_uses_the_targets_own_audio(inputs, tmp_path):
     ]
 
 
+def test_copy_baseline_scores_the_stretched_reference(inputs, tmp_path):
+    summary = evaluate_checkpoint(
+        inputs["ckpt"],
+        inputs["ingest"],
+        tmp_path,
+        nfe=2,
+        generator="copy",
+        eval_config=QUIET,
+        samples=0,
+    )
+    assert summary["generator"] == "copy" and len(summary["samples"]) == 4
+    for s, seconds in zip(summary["samples"], (1.0, 1.4, 1.0, 1.0), strict=True):
+        assert abs(s["seconds"] - seconds) < 0.02, s  # stretched to the target's length
+    assert summary["metrics"]["mcd_dtw"]["count"] == 4
+
+
 def test_train_is_never_scored_and_shard_locations(inputs):
     with pytest.raises(ValueError, match="never train"):
         evaluate_checkpoint(inputs["ckpt"], inputs["ingest"], "/tmp/x", split="train")
