@@ -25,9 +25,9 @@ def test_there_are_jobs():
 
 def test_ingest_input_list_and_nested_overrides():
     cfg = load_job(
-        REPO / "jobs/ingest.yaml", ["input=/a,/b", "faces.lip_size=88", "codec.mel=true"]
+        REPO / "jobs/ingest.yaml", ["input=/a,/b", "faces.lip_size=88", "codec.mel=hifigan_22k"]
     )
-    assert cfg.input == ["/a", "/b"] and cfg.faces.lip_size == 88 and cfg.codec.mel is True
+    assert cfg.input == ["/a", "/b"] and cfg.faces.lip_size == 88 and cfg.codec.mel == "hifigan_22k"
     with pytest.raises(ConfigError, match="tasks must be"):
         load_job(REPO / "jobs/ingest.yaml", ["movie_tasks=[karaoke]"])
     with pytest.raises(ConfigError, match="faces.lip_sise: unknown field; did you mean `lip_size`"):

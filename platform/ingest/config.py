@@ -27,7 +27,10 @@ class SeparatorSection(_Section):
     model_filename: str = Field("mel_band_roformer.ckpt", description="model file in model_dir")
     use_stems: bool = Field(True, description="use delivered dialogue/M&E stems when present")
     actors: int = Field(1, ge=1)
-    num_gpus: float = Field(0.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per separator actor (>0: on CUDA)")
+    batch_size: int = Field(
+        1, ge=1, description="clips per call of a separator actor (more keeps a GPU busier)"
+    )
 
 
 class FacesSection(_Section):
@@ -55,7 +58,13 @@ class CodecSection(_Section):
         description=f"also store log-mel per stem in this vocoder profile ({sorted(MEL_PROFILES)})",
     )
     actors: int = Field(1, ge=1)
-    num_gpus: float = Field(0.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per codec actor")
+    device: str | None = Field(
+        None, description='torch device of the codec (None: "cuda" when num_gpus > 0, else "cpu")'
+    )
+    batch_size: int = Field(
+        4, ge=1, description="clips per codec call: all their stems are encoded in one batch"
+    )
 
     @field_validator("mel")
     @classmethod
@@ -63,6 +72,23 @@ class CodecSection(_Section):
         if v is not None and v not in MEL_PROFILES:
             raise ValueError(f"unknown mel profile {v!r}; choose from {sorted(MEL_PROFILES)}")
         return v
+
+    @model_validator(mode="after")
+    def _device_has_gpus(self) -> CodecSection:
+        # Ray hides every GPU from an actor that asked for none, so CUDA would not be found there
+        if self.device is not None and self.device.startswith("cuda") and self.num_gpus == 0:
+            raise ValueError(
+                f"codec.device={self.device!r} with codec.num_gpus=0: Ray gives the codec actors "
+                "no GPU; set codec.num_gpus (e.g. 1) or leave codec.device unset"
+            )
+        return self
+
+    @property
+    def torch_device(self) -> str:
+        """The device the codec runs on: `device`, else "cuda" when the actors get GPUs."""
+        if self.device is not None:
+            return self.device
+        return "cuda" if self.num_gpus > 0 else "cpu"
 
 
 class TimeoutSection(_Section):

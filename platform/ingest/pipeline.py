@@ -22,6 +22,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def build_dataset(units: list[dict[str, Any]], cfg: IngestConfig, sample_rate: i
         ds = ds.map_batches(
             stages.Separate,
             fn_constructor_kwargs=kw,
-            batch_size=1,
+            batch_size=cfg.separator.batch_size,
             num_gpus=cfg.separator.num_gpus,
             compute=ActorPoolStrategy(size=cfg.separator.actors),
         )
@@ -97,7 +98,7 @@ def build_dataset(units: list[dict[str, Any]], cfg: IngestConfig, sample_rate: i
     return ds.map_batches(
         stages.Tokenize,
         fn_constructor_kwargs={"cfg": cfg},
-        batch_size=4,
+        batch_size=cfg.codec.batch_size,
         num_gpus=cfg.codec.num_gpus,
         compute=ActorPoolStrategy(size=cfg.codec.actors),
     )
@@ -202,15 +203,30 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}".rstrip() for k, v in lines)
 
 
-def _check_cluster(cfg: IngestConfig) -> None:
-    """Actor pools that cannot all be placed make Ray Data wait forever: refuse up front."""
-    import ray
+def _check_cluster(cfg: IngestConfig, resources: Mapping[str, float] | None = None) -> None:
+    """Actor pools that cannot all be placed make Ray Data wait forever: refuse up front when
+    the cluster's `resources` (default: `ray.cluster_resources()`) lack the CPUs or the GPUs
+    the pools ask for (GPUs: actors x num_gpus of the codec pool and of the separator pool)."""
+    if resources is None:
+        import ray
 
-    have = ray.cluster_resources().get("CPU", 0)
+        resources = ray.cluster_resources()
+    have = resources.get("CPU", 0)
     if have < cfg.min_cpus():
         raise RuntimeError(
             f"the Ray cluster has {have:g} CPUs; this ingest config needs {cfg.min_cpus()} "
             "(one per codec/faces/separator actor + 2): add nodes or lower the *.actors counts"
+        )
+    pools = {"codec": cfg.codec.actors * cfg.codec.num_gpus}
+    if cfg.separator.model_dir:
+        pools["separator"] = cfg.separator.actors * cfg.separator.num_gpus
+    need, gpus = sum(pools.values()), resources.get("GPU", 0)
+    if need > gpus:
+        detail = ", ".join(f"{name} {n:g}" for name, n in pools.items() if n)
+        raise RuntimeError(
+            f"the Ray cluster has {gpus:g} GPUs; this ingest config needs {need:g} ({detail}: "
+            "actors x num_gpus per pool): add GPU nodes, or lower codec/separator actors or "
+            "num_gpus (0 runs that pool on CPUs)"
         )
 
 

@@ -25,7 +25,6 @@ SUPPORTED_CODECS = ("encodec", "dac", "mimi")
 INT16_MAX = int(np.iinfo(np.int16).max)
 
 
-
 def _codec_classes() -> dict[str, Any]:
     # imported here, not at module top: transformers takes ~2 s to import, and the pipeline
     # driver imports this module only to hand the class to Ray

@@ -67,6 +67,10 @@ class Batch:
     labels: Tensor  # [b, 4] long
     activity: Tensor  # [b, n] float: speech activity target of L_dur
     activity_mask: Tensor  # [b, n] bool
+    # False when every frame of every stream is real (frame_mask all True): self-attention
+    # then runs without a key mask, which PyTorch's flash kernel needs. Decided here, on the CPU,
+    # so the model never syncs with the device to find out.
+    padded: bool
 
     @property
     def size(self) -> int:
@@ -136,9 +140,7 @@ def _num_frames(meta: ClipRecord, arrays: Mapping[str, np.ndarray], space: Acous
     return round(meta.duration * space.frame_rate)
 
 
-def _activity(
-    mel: np.ndarray, n: int, frame_rate: float, db: float, mel_rate: float
-) -> np.ndarray:
+def _activity(mel: np.ndarray, n: int, frame_rate: float, db: float, mel_rate: float) -> np.ndarray:
     """Per-latent-frame speech activity from the speech log-mel: frame energy within `db` of
     the clip's loudest frame; mel frames (at `mel_rate`) are picked by nearest earlier time."""
     energy = np.logaddexp.reduce(mel.astype(np.float32), axis=0)  # log of summed magnitude
@@ -275,7 +277,7 @@ def collate(
         has_video=torch.tensor([it["lips"] is not None for it in items]),
         lips=lips, lip_mask=lip_mask, face=face, face_mask=face_mask,
         labels=torch.tensor([it["labels"] for it in items], dtype=torch.long),
-        activity=activity, activity_mask=activity_mask,
+        activity=activity, activity_mask=activity_mask, padded=not bool(frame_mask.all()),
     )  # fmt: skip
 
 

@@ -232,6 +232,7 @@ class Conditions:
     stream_ids: Tensor  # [b, s] long: 0 speech, 1 background
     face_slice: slice
     label_slice: slice
+    padded: bool = True  # Batch.padded: False lets the DiT drop its key mask (flash attention)
 
     def drop(self, drop: Drop) -> Conditions:
         """Replace dropped conditions by their null versions (MM-MovieDubber: set to phi):
@@ -259,4 +260,5 @@ class Conditions:
             "ref", "text", "text_null", "aligned", "tokens", "token_mask", "frame_mask",
             "stream_ids",
         )  # fmt: skip
-        return replace(parts[0], **{name: cat(name) for name in names})
+        padded = any(p.padded for p in parts)
+        return replace(parts[0], padded=padded, **{name: cat(name) for name in names})

@@ -150,9 +150,21 @@ class SamplerSection(_Section):
 
 
 class ModelConfig(_Section):
-    """The dubber: size preset, acoustic space, tasks, training dropout / losses, sampler."""
+    """The dubber: size preset, acoustic space, tasks, training dropout / losses, sampler.
+
+    `activation_checkpointing` recomputes each DiT block in the backward pass instead of
+    storing its activations (None: the preset's default, on for `base` only). On GPUs, training
+    on variable-length batches should also run with
+    `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` in the workers' environment: every batch
+    has another shape, and without expandable segments the caching allocator fragments until
+    an allocation fails with memory free but split into blocks of the wrong sizes."""
 
     preset: str = Field("tiny", description=f"one of {', '.join(PRESET_NAMES)}")
+    activation_checkpointing: bool | None = Field(
+        None,
+        description="recompute DiT blocks in backward to save memory (None: preset default, "
+        "on for base)",
+    )
     space: SpaceSection = SpaceSection()
     tasks: tuple[str, ...] = Field(TASK_NAMES, description="tasks samples are drawn from")
     dropout: DropoutSection = DropoutSection()

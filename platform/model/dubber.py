@@ -37,7 +37,8 @@ class Dubber(nn.Module):
     """Flow-matching dubber over an acoustic latent space of width `latent_dim`; lip features
     at 25 fps reach the latent frame rate at `video_ratio` latent frames per video frame
     (repeated when it is an integer, interpolated otherwise: `upsample_frames`). Sizes are
-    plain arguments (presets.py holds the named sizes); `flow` holds the objective's settings."""
+    plain arguments (presets.py holds the named sizes); `flow` holds the objective's settings;
+    `activation_checkpointing` recomputes each DiT block in the backward pass (DiT)."""
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class Dubber(nn.Module):
         face_tokens: int,
         temporal_layers: int,
         dropout: float = 0.0,
+        activation_checkpointing: bool = False,
         flow: FlowOptions | None = None,
     ) -> None:
         super().__init__()
@@ -73,7 +75,16 @@ class Dubber(nn.Module):
         self.label_encoder = LabelEncoder(dim)
         self.null_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.dur_head = nn.Linear(dim, 1)  # L_dur: speech activity per frame from lips
-        self.dit = DiT(latent_dim, text_dim, dim, depth, heads, ff_mult, dropout)
+        self.dit = DiT(
+            latent_dim,
+            text_dim,
+            dim,
+            depth,
+            heads,
+            ff_mult,
+            dropout,
+            activation_checkpointing=activation_checkpointing,
+        )
         self.face_slice = slice(1, 1 + face_tokens)
         self.label_slice = slice(1 + face_tokens, 1 + face_tokens + len(LABEL_FIELDS))
 
@@ -115,7 +126,7 @@ class Dubber(nn.Module):
             ref=batch.latents * keep[..., None], text=text, text_null=text_null,
             aligned=aligned, tokens=tokens, token_mask=token_mask,
             frame_mask=batch.frame_mask, stream_ids=batch.stream_ids,
-            face_slice=self.face_slice, label_slice=self.label_slice,
+            face_slice=self.face_slice, label_slice=self.label_slice, padded=batch.padded,
         )  # fmt: skip
         return conds, dur
 

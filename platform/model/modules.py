@@ -136,10 +136,11 @@ class DiTBlock(nn.Module):
         c: Tensor,
         tokens: Tensor,
         token_mask: Tensor,
-        key_mask: Tensor,
+        key_mask: Tensor | None,
         rope: tuple[Tensor, Tensor],
     ) -> Tensor:
-        """x: [b, l, d]; c (time): [b, d]; tokens: [b, k, d]; masks: [b, k], [b, l] bool."""
+        """x: [b, l, d]; c (time): [b, d]; tokens: [b, k, d]; masks: [b, k], [b, l] bool
+        (key_mask None: no padded token, every token attends to every other)."""
         sh_a, sc_a, g_a, sh_f, sc_f, g_f = self.mod(F.silu(c)).chunk(6, dim=-1)  # each [b, d]
         a = self.attn(modulate(self.norm_attn(x), sh_a, sc_a), key_mask=key_mask, rope=rope)
         x = x + g_a[:, None] * self.drop(a)

@@ -68,24 +68,53 @@ LATENT_DIM, VIDEO_RATIO = _MEL.n_mels, _MEL.frame_rate / FPS
 
 
 def dit_tiny(
-    latent_dim: int = LATENT_DIM, video_ratio: float = VIDEO_RATIO, flow: FlowOptions | None = None
+    latent_dim: int = LATENT_DIM,
+    video_ratio: float = VIDEO_RATIO,
+    flow: FlowOptions | None = None,
+    activation_checkpointing: bool = False,
 ) -> Dubber:
     """CPU-test size: dim 64, 2 layers (~0.3 M parameters in the mel space)."""
-    return Dubber(latent_dim=latent_dim, video_ratio=video_ratio, flow=flow, **_DIMS["tiny"])
+    return Dubber(
+        latent_dim=latent_dim,
+        video_ratio=video_ratio,
+        flow=flow,
+        activation_checkpointing=activation_checkpointing,
+        **_DIMS["tiny"],
+    )
 
 
 def dit_small(
-    latent_dim: int = LATENT_DIM, video_ratio: float = VIDEO_RATIO, flow: FlowOptions | None = None
+    latent_dim: int = LATENT_DIM,
+    video_ratio: float = VIDEO_RATIO,
+    flow: FlowOptions | None = None,
+    activation_checkpointing: bool = False,
 ) -> Dubber:
     """dim 512, 12 layers, 8 heads: a single-GPU development size."""
-    return Dubber(latent_dim=latent_dim, video_ratio=video_ratio, flow=flow, **_DIMS["small"])
+    return Dubber(
+        latent_dim=latent_dim,
+        video_ratio=video_ratio,
+        flow=flow,
+        activation_checkpointing=activation_checkpointing,
+        **_DIMS["small"],
+    )
 
 
 def dit_base(
-    latent_dim: int = LATENT_DIM, video_ratio: float = VIDEO_RATIO, flow: FlowOptions | None = None
+    latent_dim: int = LATENT_DIM,
+    video_ratio: float = VIDEO_RATIO,
+    flow: FlowOptions | None = None,
+    activation_checkpointing: bool = True,
 ) -> Dubber:
-    """F5-TTS base size: dim 1024, 22 layers, 16 heads, ff mult 2, text dim 512."""
-    return Dubber(latent_dim=latent_dim, video_ratio=video_ratio, flow=flow, **_DIMS["base"])
+    """F5-TTS base size: dim 1024, 22 layers, 16 heads, ff mult 2, text dim 512. Activation
+    checkpointing is on by default: at the curriculum's frame budget its block activations
+    alone (~50 GB) would not fit beside the lip encoder's on one GPU."""
+    return Dubber(
+        latent_dim=latent_dim,
+        video_ratio=video_ratio,
+        flow=flow,
+        activation_checkpointing=activation_checkpointing,
+        **_DIMS["base"],
+    )
 
 
 PRESETS: dict[str, Callable[..., Dubber]] = {"tiny": dit_tiny, "small": dit_small, "base": dit_base}
@@ -129,12 +158,15 @@ def build_model(
 ) -> Dubber:
     """The Dubber a config describes. Its latent width and video ratio (latent frames per
     video frame) come from `space`, from the explicit arguments (a checkpoint's codec.json),
-    or from loading cfg.space."""
+    or from loading cfg.space. cfg.activation_checkpointing None keeps the preset's default
+    (the builders above are its one home)."""
     if latent_dim is None or video_ratio is None:
         space = space if space is not None else space_from_config(cfg.space)
         latent_dim, video_ratio = space.latent_dim, space.video_ratio
+    ckpt = cfg.activation_checkpointing
+    extra = {} if ckpt is None else {"activation_checkpointing": ckpt}
     return PRESETS[cfg.preset](
-        latent_dim=latent_dim, video_ratio=video_ratio, flow=flow_options(cfg)
+        latent_dim=latent_dim, video_ratio=video_ratio, flow=flow_options(cfg), **extra
     )
 
 

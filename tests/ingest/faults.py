@@ -11,9 +11,9 @@ def tokenize_fails_for_b() -> None:
 
     real = stages.Tokenize._one
 
-    def one(self: Any, row: dict[str, Any]) -> dict[str, Any]:
+    def one(self: Any, row: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         if row["unit"] == "b":
             raise RuntimeError("injected fault")
-        return real(self, row)
+        return real(self, row, *args, **kwargs)
 
     stages.Tokenize._one = one

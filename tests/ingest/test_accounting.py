@@ -188,10 +188,10 @@ def _records(out: Path) -> dict:
     return {s.key: s for p in sorted((out / "shards").glob("*/*.tar")) for s in read_shard(p)}
 
 
-def _fail_for_b(self, row):
+def _fail_for_b(self, row, *args, **kwargs):
     if row["unit"] == "b":
         raise RuntimeError("injected fault")
-    return _real_tokenize(self, row)
+    return _real_tokenize(self, row, *args, **kwargs)
 
 
 _real_tokenize = stages.Tokenize._one
