@@ -341,7 +341,7 @@ def run_sequential(cfg: Any, threads: int) -> dict[str, Any]:
     sampler.start()
     t0 = time.perf_counter()
     with timed("discover"):
-        units = make_units(discover(cfg.input), cfg.speech_unit)
+        units = make_units(discover(cfg.input).inputs, cfg.speech_unit)
         sr = pipeline.codec_sample_rate(cfg.codec.name_or_path)
     with timed("init (load models)"):
         decode = stages.Decode(cfg, sr)
@@ -374,7 +374,7 @@ def run_sequential(cfg: Any, threads: int) -> dict[str, Any]:
                 for r in batch["row"]:
                     writer.add(stages.unpack(r))
     with timed("summarize"):
-        summary = pipeline.summarize(out, time.perf_counter() - t0, writer.rows_written)
+        summary = pipeline.summarize(out, time.perf_counter() - t0, writer.rows_written, [])
     wall = time.perf_counter() - t0
     probe = sampler.stop()
     media = summary["this_run"]["media_seconds"]
