@@ -451,6 +451,7 @@ def evaluate_checkpoint(
         "shards": str(shards),
         "split": split,
         "protocol": protocol,
+        "generator": generator,
         "space": ckpt.codec.get("space"),
         "vocoder": space_vocoder(space),
         "settings": {"clips": clips, "seed": seed, **{k: _plain(v) for k, v in kw.items()}},
