@@ -174,6 +174,29 @@ def doctor(
 
     import torch
 
+    def deepspeed_ops() -> dict[str, object]:
+        """Per DeepSpeed op: prebuilt into the install, or JIT-buildable here (its compiler
+        and headers found). The GPU path needs none (torch's fused AdamW); FusedAdam, if ever
+        configured, would need `prebuilt` or nvcc for `jit`."""
+        import contextlib
+
+        if version("deepspeed") is None:
+            return {}
+        # DeepSpeed logs to stdout at import; keep --json output parseable
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                from deepspeed.accelerator import get_accelerator
+                from deepspeed.git_version_info import installed_ops
+                from deepspeed.ops.op_builder.all_ops import ALL_OPS
+            except Exception as e:  # noqa: BLE001 - reported, not raised: doctor must finish
+                return {"error": repr(e)}
+            ops = {}
+            for name in ("fused_adam", "cpu_adam", "deepspeed_shm_comm"):
+                builder = ALL_OPS.get(name)
+                jit = bool(builder is not None and builder.is_compatible(verbose=False))
+                ops[name] = {"prebuilt": bool(installed_ops.get(name)), "jit": jit}
+        return {"accelerator": get_accelerator().device_name(), "nvcc": shutil.which("nvcc"), **ops}
+
     report = {
         "python": sys.version.split()[0],
         "executable": sys.executable,
@@ -197,6 +220,7 @@ def doctor(
         },
         "tools": {t: shutil.which(t) for t in ("ffmpeg", "ffprobe", "espeak-ng", "sox")},
         "cuda": torch.cuda.is_available(),
+        "deepspeed_ops": deepspeed_ops(),
         "ray_address": os.environ.get("RAY_ADDRESS"),
         "mlflow_tracking_uri": mlflow_tracking_uri(),
     }

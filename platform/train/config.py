@@ -21,9 +21,20 @@ from dubforge.model.config import TASK_NAMES, DropoutSection, ModelConfig
 
 # module names of the Dubber that a stage can freeze (prefixes of parameter names)
 MODULES = (
-    "text_encoder", "lip_encoder", "face_encoder", "label_encoder", "null_token", "dur_head",
-    "dit", "dit.time", "dit.inp", "dit.stream", "dit.conv_pos", "dit.blocks", "dit.final",
-)  # fmt: skip
+    "text_encoder",
+    "lip_encoder",
+    "face_encoder",
+    "label_encoder",
+    "null_token",
+    "dur_head",
+    "dit",
+    "dit.time",
+    "dit.inp",
+    "dit.stream",
+    "dit.conv_pos",
+    "dit.blocks",
+    "dit.final",
+)
 
 
 class _Section(BaseModel):
@@ -182,6 +193,13 @@ class TrackingSection(_Section):
     )
     validation_clips: int = Field(2, ge=1, description="clips generated per validation")
     validation_nfe: int = Field(16, ge=1)
+    validation_time_s: float = Field(
+        300.0,
+        gt=0,
+        le=1200,
+        description="seconds a validation may take; the ranks wait in a collective meanwhile, "
+        "so it stays below the process group's timeout (Ray Train's 1800 s)",
+    )
     register_as: str | None = Field(
         "dubber", description="registered model name of the final export (None: not registered)"
     )

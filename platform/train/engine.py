@@ -1,17 +1,25 @@
 """DeepSpeed from the typed config: the ZeRO config dict, the optimizer choice, the LR schedule,
-frozen modules, parameter digests and the consolidated export.
+frozen modules, parameter digests and the consolidated fp32 export.
 
 Optimizers (measured on CPU + gloo, FACTS.md): ZeRO-1/2 take a client `torch.optim.AdamW`
 (`zero_allow_untested_optimizer`); ZeRO-3 gets DeepSpeed's AdamW with `torch_adam: true`;
-optimizer offload uses DeepSpeed's CPUAdam (JIT-compiled once into TORCH_EXTENSIONS_DIR). On GPU
-every stage uses DeepSpeed's fused AdamW.
+optimizer offload uses DeepSpeed's CPUAdam (JIT-compiled once into TORCH_EXTENSIONS_DIR).
+
+On GPU every stage gets DeepSpeed's AdamW with `torch_adam: true` and `fused: true`, i.e. torch's
+fused CUDA AdamW. DeepSpeed's own `FusedAdam` is JIT-built with nvcc at `deepspeed.initialize`,
+and pip's CUDA torch brings no nvcc: the first GPU run would fail (or stall minutes per worker)
+before its first step. torch's fused kernel ships compiled inside torch and is as fast for
+AdamW. `dubforge doctor` lists which DeepSpeed ops are prebuilt and which could be JIT-built.
+
+Gradients are reduced in fp32 (`communication_data_type`) in bf16 training: bf16's 8-bit
+mantissa would round away small gradient contributions summed over many ranks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +56,7 @@ def ds_config(
         "train_batch_size": micro_batch * ds.grad_accum * world_size,
         "zero_optimization": zero,
         "bf16": {"enabled": ds.precision == "bf16"},
+        "communication_data_type": "fp32",
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -56,13 +65,30 @@ def ds_config(
     params = {"lr": 1e-4, "betas": list(ds.betas), "eps": ds.eps, "weight_decay": ds.weight_decay}
     if ds.offload_optimizer:
         cfg["optimizer"] = {"type": "AdamW", "params": params}
-    elif use_gpu:
-        cfg["optimizer"] = {"type": "AdamW", "params": params}
+    elif use_gpu:  # torch's fused CUDA AdamW: no nvcc at start-up (module docstring)
+        fused = {**params, "torch_adam": True, "fused": True}
+        cfg["optimizer"] = {"type": "AdamW", "params": fused}
     elif ds.zero_stage == 3:
         cfg["optimizer"] = {"type": "AdamW", "params": {**params, "torch_adam": True}}
     else:
         cfg["zero_allow_untested_optimizer"] = True
     return cfg
+
+
+def all_reduce(
+    values: torch.Tensor | Sequence[float], *, device: torch.device, op: str = "sum"
+) -> torch.Tensor:
+    """All-reduce `values` (float64) across the workers, on `device`, in place of every direct
+    `torch.distributed.all_reduce` of the training loop: NCCL reduces only tensors on the GPU
+    ("No backend type associated with device type cpu"), so host-built tensors move first."""
+    import torch.distributed as dist
+
+    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}
+    if op not in ops:
+        raise ValueError(f"all_reduce op must be one of {list(ops)}; got {op!r}")
+    t = torch.as_tensor(values, dtype=torch.float64).to(device)
+    dist.all_reduce(t, op=ops[op])
+    return t
 
 
 def client_optimizer(
@@ -105,21 +131,53 @@ def state_digest(state: Mapping[str, torch.Tensor], only: Iterable[str] | None =
     return h.hexdigest()
 
 
-def consolidated_state(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
-    """The full fp32 state dict on rank 0 (None elsewhere). ZeRO-3 gathers the partitioned
-    parameters; every rank must call this."""
-    import deepspeed
+def fp32_copy(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """fp32 CPU copies of the named parameters, taken before DeepSpeed casts the module to
+    bf16: frozen parameters have no fp32 master in the optimizer to export from."""
+    keep = set(names)
+    return {
+        n: p.detach().to("cpu", torch.float32).clone()
+        for n, p in model.named_parameters()
+        if n in keep
+    }
+
+
+def consolidated_state(
+    engine: Any, *, frozen: Mapping[str, torch.Tensor], all_ranks: bool = False
+) -> dict[str, torch.Tensor] | None:
+    """The full fp32 state dict on rank 0 (on every rank with `all_ranks`; None elsewhere).
+
+    Trainable parameters come from the optimizer's fp32 masters
+    (`deepspeed.utils.safe_get_full_fp32_param`), not from `engine.module`, whose weights
+    DeepSpeed cast to bf16 in bf16 training: exporting those would round every weight and lose
+    late low-LR updates. Frozen parameters come from `frozen` (fp32 copies taken before
+    `deepspeed.initialize`), persistent buffers from the module (floating ones as fp32, in
+    whichever dtype the engine holds them). Every rank must call this:
+    gathering a master is a collective (an all-reduce under ZeRO-1/2, an all-gather under
+    ZeRO-3), issued in the same parameter order on every rank."""
     import torch.distributed as dist
+    from deepspeed.utils import safe_get_full_fp32_param
 
     rank = dist.get_rank() if dist.is_initialized() else 0
-    module = engine.module
-    if zero_stage == 3:
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            state = _copy(module) if rank == 0 else None
-    else:
-        state = _copy(module) if rank == 0 else None
+    keep = all_ranks or rank == 0
+    state: dict[str, torch.Tensor] = {}
+    for name, p in engine.module.named_parameters():
+        if name in frozen:
+            value = frozen[name]
+        elif p.requires_grad:
+            value = safe_get_full_fp32_param(p)
+            if value is None:  # a plain fp32 module without ZeRO partitioning
+                value = p.detach()
+        else:
+            raise RuntimeError(f"parameter {name} is frozen but has no fp32 copy in `frozen`")
+        if keep:
+            state[name] = value.detach().to("cpu", torch.float32).clone()
+    # on every rank: under ZeRO-3 the module's state_dict may gather, a collective
+    module_state = engine.module.state_dict()
+    if not keep:
+        return None
+    params = {name for name, _ in engine.module.named_parameters()}
+    for name, b in module_state.items():  # persistent buffers only
+        if name not in params:
+            state[name] = b.detach().to("cpu", torch.float32 if b.is_floating_point() else None)
     return state
-
-
-def _copy(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}

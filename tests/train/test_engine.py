@@ -11,8 +11,14 @@ from dubforge.train.engine import client_optimizer, ds_config, freeze, lr_at, st
 from dubforge.train.loop import stage_model_config
 from tests.train.conftest import debug_dict
 
-STAGE = Stage(name="s", tasks={"tts": 1}, data=[{"shards": "x/*.tar"}], steps=100,
-              lr=(1e-6, 1e-3), warmup_steps=10)  # fmt: skip
+STAGE = Stage(
+    name="s",
+    tasks={"tts": 1},
+    data=[{"shards": "x/*.tar"}],
+    steps=100,
+    lr=(1e-6, 1e-3),
+    warmup_steps=10,
+)
 
 
 def test_lr_warms_up_then_cosine_decays_to_min():
@@ -49,6 +55,27 @@ def test_ds_config_offload_and_bf16():
     assert cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert cfg["optimizer"]["type"] == "AdamW" and cfg["bf16"] == {"enabled": True}
     assert "gradient_clipping" not in cfg
+
+
+@pytest.mark.parametrize("zero", [1, 2, 3])
+def test_ds_config_on_gpu_uses_torchs_fused_adamw(zero):
+    # DeepSpeed's FusedAdam would be JIT-built with nvcc, which pip's CUDA torch does not bring
+    ds = DeepSpeedSection(zero_stage=zero, precision="bf16")
+    cfg = ds_config(ds, micro_batch=8, world_size=8, use_gpu=True)
+    opt = cfg["optimizer"]
+    assert opt["type"] == "AdamW"
+    assert opt["params"]["torch_adam"] is True and opt["params"]["fused"] is True
+    assert opt["params"]["betas"] == [0.9, 0.98] and opt["params"]["eps"] == 1e-9
+    assert "zero_allow_untested_optimizer" not in cfg
+    assert client_optimizer([], ds, cfg) is None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_gradients_are_reduced_in_fp32(precision):
+    for use_gpu in (False, True):
+        ds = DeepSpeedSection(zero_stage=2, precision=precision)
+        cfg = ds_config(ds, micro_batch=8, world_size=2, use_gpu=use_gpu)
+        assert cfg["communication_data_type"] == "fp32"
 
 
 def test_freeze_and_digest():
