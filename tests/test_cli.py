@@ -53,11 +53,12 @@ def test_doctor_reports_pinned_stack(monkeypatch, tmp_path):
     monkeypatch.setenv("DUBFORGE_WORKSPACE", str(tmp_path))
     result = CliRunner().invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)  # DeepSpeed's import chatter goes to stderr
     assert report["packages"]["torch"].startswith("2.13.0")
     assert report["packages"]["ray"] == "2.60.0"
     assert all(report["tools"].values()), report["tools"]
     assert report["mlflow_tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
+    assert {"fused_adam", "cpu_adam"} <= set(report["deepspeed_ops"])
 
 
 def test_params_lists_every_preset():

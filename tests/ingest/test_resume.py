@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def _ingest(roots: list[str], out: Path, codec: Path, env: dict) -> subprocess.Popen:
     cmd = [str(VENV_BIN / "dubforge"), "ingest", str(REPO / "jobs/ingest.yaml"),
            f"input={','.join(roots)}", f"output={out}", f"codec.name_or_path={codec}",
-           "codec.mel=false", "num_cpus=4"]  # as the reference run  # fmt: skip
+           "codec.mel=null", "num_cpus=4"]  # as the reference run  # fmt: skip
     return subprocess.Popen(
         cmd, env=env, cwd=REPO, start_new_session=True, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
