@@ -42,6 +42,9 @@ from dubforge.train.data import DataCounters, FrameBatcher, Item, micro_batches
 WORDS = ("the", "night", "is", "dark", "and", "full", "of", "voices", "come", "home")
 
 
+MFU_TARGET = 0.40  # issue: base preset, bf16, ZeRO-2, against the measured matmul peak
+
+
 def synthetic_row(i: int, seconds: float, space: MelSpace, rng: np.random.Generator) -> dict:
     """One decoded row (the columns `decode_rows` produces) of a movie clip with speech and
     background mels, lips and face crops."""
@@ -245,6 +248,8 @@ def main() -> None:
     )
     if args.device == "cuda":
         print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    verdict = "MET" if achieved / peak >= MFU_TARGET else "MISSED"
+    print(f"  MFU target >= {MFU_TARGET:.0%} of the measured peak: {verdict}")
 
 
 if __name__ == "__main__":
