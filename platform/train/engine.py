@@ -11,6 +11,13 @@ and pip's CUDA torch brings no nvcc: the first GPU run would fail (or stall minu
 before its first step. torch's fused kernel ships compiled inside torch and is as fast for
 AdamW. `dubforge doctor` lists which DeepSpeed ops are prebuilt and which could be JIT-built.
 
+DeepSpeed's communication layer JIT-compiles its shared-memory all-reduce
+(`deepspeed_shm_comm`) at every CPU start unless it was prebuilt. The build runs behind a lock
+file in TORCH_EXTENSIONS_DIR, and a build that is killed (a worker lost, a job stopped) leaves the
+lock behind: every later start on that machine then waits on it forever. `initialize` turns
+JIT-only communication ops off, so gloo's all-reduce serves CPU runs and nothing compiles at
+start-up; a prebuilt op is still used.
+
 Gradients are reduced in fp32 (`communication_data_type`) in bf16 training: bf16's 8-bit
 mantissa would round away small gradient contributions summed over many ranks.
 """
@@ -100,6 +107,35 @@ def client_optimizer(
     return torch.optim.AdamW(
         list(params), lr=1e-4, betas=ds.betas, eps=ds.eps, weight_decay=ds.weight_decay
     )
+
+
+JIT_COMM_OPS = ("deepspeed_shm_comm",)
+
+
+def no_jit_comm_ops() -> list[str]:
+    """Mark DeepSpeed's communication ops that are not prebuilt as unavailable, so
+    `deepspeed.initialize` uses torch.distributed instead of compiling them; returns the names
+    turned off."""
+    import deepspeed.ops
+    from deepspeed.git_version_info import installed_ops
+
+    off = [n for n in JIT_COMM_OPS if not installed_ops.get(n)]
+    for name in off:
+        deepspeed.ops.__compatible_ops__[name] = False
+    return off
+
+
+def initialize(
+    model: nn.Module, trainable: Sequence[nn.Parameter], optimizer: Any, config: Mapping[str, Any]
+) -> tuple[Any, Any]:
+    """`deepspeed.initialize` without start-up compilation: (engine, optimizer)."""
+    import deepspeed
+
+    no_jit_comm_ops()
+    engine, opt, _, _ = deepspeed.initialize(
+        model=model, model_parameters=list(trainable), optimizer=optimizer, config=dict(config)
+    )
+    return engine, opt
 
 
 def set_lr(optimizer: Any, lr: float) -> None:

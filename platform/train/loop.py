@@ -129,7 +129,6 @@ class Tracker:
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train entry: `config` = {"cfg": resolved config dict, "stage": name, "init": export
     folder or None, "run_id": MLflow run, "tracking_uri", "validation": pickled records}."""
-    import deepspeed
     import ray.train
     import torch.distributed as dist
 
@@ -164,9 +163,7 @@ def train_loop(config: dict[str, Any]) -> None:
         use_gpu=cfg.scaling.use_gpu,
     )
     opt = eng.client_optimizer(trainable, cfg.deepspeed, ds_cfg)
-    engine, optimizer, _, _ = deepspeed.initialize(
-        model=model, model_parameters=trainable, optimizer=opt, config=ds_cfg
-    )
+    engine, optimizer = eng.initialize(model, trainable, opt, ds_cfg)
     step, epoch = 0, 0
     if restored is not None:
         with restored.as_directory() as d:

@@ -5,6 +5,7 @@ device within its time box, fp32 master weights in the export, and the doctor's 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -275,12 +276,7 @@ def test_export_holds_the_fp32_masters_not_the_bf16_module_weights(group, zero):
     ds = DeepSpeedSection(zero_stage=zero, precision="bf16", grad_clip=0)
     ds_cfg = eng.ds_config(ds, micro_batch=4, world_size=1, use_gpu=False)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(
-        model=model,
-        model_parameters=trainable,
-        optimizer=eng.client_optimizer(trainable, ds, ds_cfg),
-        config=ds_cfg,
-    )
+    engine, _ = eng.initialize(model, trainable, eng.client_optimizer(trainable, ds, ds_cfg), ds_cfg)
     eng.set_lr(engine.optimizer, 1e-3)
     for _ in range(3):
         loss = engine(torch.randn(4, 8, dtype=torch.bfloat16)).float().pow(2).mean()
@@ -306,6 +302,52 @@ def test_export_holds_the_fp32_masters_not_the_bf16_module_weights(group, zero):
         assert not torch.equal(state["1.weight"], rounded)
         assert torch.equal(state["1.weight"].bfloat16().float(), rounded)
     assert eng.consolidated_state(engine, frozen=frozen, all_ranks=True).keys() == state.keys()
+
+
+_START_UNDER_A_STALE_LOCK = """
+import os, socket, sys
+import torch
+from torch.utils.cpp_extension import _get_build_directory
+from dubforge.train import engine as eng
+from dubforge.train.config import DeepSpeedSection
+
+lock = os.path.join(_get_build_directory("deepspeed_shm_comm", False), "lock")
+open(lock, "w").close()  # what a build killed mid-way leaves behind
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                  MASTER_PORT=str(port))
+model = torch.nn.Linear(4, 4)
+ds = DeepSpeedSection(zero_stage=2, precision="bf16", grad_clip=0)
+cfg = eng.ds_config(ds, micro_batch=2, world_size=1, use_gpu=False)
+params = list(model.parameters())
+if sys.argv[1] == "raw":
+    import deepspeed
+    deepspeed.initialize(model=model, model_parameters=params,
+                         optimizer=eng.client_optimizer(params, ds, cfg), config=cfg)
+else:
+    eng.initialize(model, params, eng.client_optimizer(params, ds, cfg), cfg)
+print("started", os.path.exists(lock))
+"""
+
+
+def test_deepspeed_starts_without_compiling_and_past_a_stale_build_lock(tmp_path):
+    """A killed JIT build leaves its lock file; DeepSpeed's CPU start used to wait on it forever
+    (how a CI run hung for 15 minutes per test). The engine turns JIT-only comm ops off."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext")}
+    result = subprocess.run(
+        [sys.executable, "-c", _START_UNDER_A_STALE_LOCK, "engine"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "started True" in result.stdout
+    assert eng.no_jit_comm_ops() == ["deepspeed_shm_comm"]  # not prebuilt in this install
+    built = list((tmp_path / "ext").rglob("*.so"))
+    assert built == []  # nothing was compiled
 
 
 def test_doctor_lists_deepspeed_ops(monkeypatch, tmp_path):
