@@ -269,14 +269,16 @@ class _Scale(torch.nn.Module):
 
 @pytest.mark.parametrize("zero", [2, 3])
 def test_export_holds_the_fp32_masters_not_the_bf16_module_weights(group, zero):
-    deepspeed = pytest.importorskip("deepspeed")
+    pytest.importorskip("deepspeed")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4), _Scale())
     frozen = eng.fp32_copy(model, eng.freeze(model, ["0"]))
     ds = DeepSpeedSection(zero_stage=zero, precision="bf16", grad_clip=0)
     ds_cfg = eng.ds_config(ds, micro_batch=4, world_size=1, use_gpu=False)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    engine, _ = eng.initialize(model, trainable, eng.client_optimizer(trainable, ds, ds_cfg), ds_cfg)
+    engine, _ = eng.initialize(
+        model, trainable, eng.client_optimizer(trainable, ds, ds_cfg), ds_cfg
+    )
     eng.set_lr(engine.optimizer, 1e-3)
     for _ in range(3):
         loss = engine(torch.randn(4, 8, dtype=torch.bfloat16)).float().pow(2).mean()
