@@ -38,6 +38,7 @@ def _registry() -> dict[str, type[JobConfig]]:
     # imported here so that loading a config never imports a job's heavy dependencies
     from dubforge.eval.job import EvaluateConfig
     from dubforge.ingest.config import IngestConfig
+    from dubforge.serve.config import ServeConfig
     from dubforge.synth.config import SynthConfig
     from dubforge.train.config import CurriculumConfig
 
@@ -46,6 +47,7 @@ def _registry() -> dict[str, type[JobConfig]]:
         "ingest": IngestConfig,
         "curriculum": CurriculumConfig,
         "evaluate": EvaluateConfig,
+        "serve": ServeConfig,
     }
 
 
