@@ -148,6 +148,86 @@ def evaluate(
     _run_kind(job, overrides, "evaluate", "evaluate")
 
 
+@app.command("serve")
+def serve_cmd(
+    job: Annotated[Path, typer.Argument(help="a serve job YAML, e.g. jobs/serve.yaml")],
+    overrides: Overrides = None,
+    build_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--build", help="write the Serve config file (serve deploy, KubeRay) and exit"
+        ),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to deploy on (default: a local one)")
+    ] = None,
+) -> None:
+    """Host an exported dubber on Ray Serve behind the authenticated HTTP API (/docs), until
+    Ctrl-C; or, with --build, write its Serve config file."""
+    from dubforge.serve.config import ServeConfig
+
+    try:
+        cfg = load_job(job, overrides or [])
+    except ConfigError as e:
+        _fail(e)
+    if not isinstance(cfg, ServeConfig):
+        _fail(ConfigError(f"{job} is a `{cfg.job}` job; `dubforge serve` runs serve jobs"))
+    from dubforge.serve import run as serve_run
+
+    if build_file is not None:
+        out = serve_run.write_serve_config(cfg, build_file)
+        typer.echo(f"wrote {out}: serve deploy {out}  (import path {serve_run.IMPORT_PATH})")
+        return
+    raise typer.Exit(serve_run.run(cfg, address))
+
+
+client_app = typer.Typer(help="Call a running dubbing service.", no_args_is_help=True)
+app.add_typer(client_app, name="client")
+
+
+@client_app.command("dub")
+def client_dub(
+    url: Annotated[str, typer.Argument(help="the service, e.g. http://127.0.0.1:8000")],
+    video: Annotated[Path, typer.Option(help="the clip to dub")],
+    text: Annotated[str, typer.Option(help="the new line")],
+    out: Annotated[Path, typer.Option(help="where the answer goes (.wav or .mp4)")],
+    reference: Annotated[Path | None, typer.Option(help="reference voice audio")] = None,
+    reference_text: Annotated[str | None, typer.Option(help="the reference's words")] = None,
+    nfe: Annotated[int | None, typer.Option(help="velocity evaluations")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    guidance: Annotated[
+        str | None, typer.Option(help='JSON {"video":2,"labels":2,"text":2} or none')
+    ] = None,
+) -> None:
+    """Dub one clip through the service (token from DUBFORGE_API_TOKEN); mp4 when --out ends
+    in .mp4."""
+    from dubforge.serve.client import Client, ServiceError
+
+    fmt = "mp4" if out.suffix.lower() == ".mp4" else "wav"
+    scales: tuple[float, float, float] | str | None = None
+    if guidance is not None:
+        if guidance.strip() == "none":
+            scales = "none"
+        else:
+            g = json.loads(guidance)
+            scales = (g["video"], g["labels"], g["text"])
+    try:
+        answer = Client(url).dub(
+            video, text, reference=reference, reference_text=reference_text, nfe=nfe,
+            seed=seed, guidance=scales, format=fmt,
+        )  # fmt: skip
+    except ServiceError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(answer.content)
+    flag = " (random weights)" if answer.headers.get("X-Dubforge-Random-Weights") == "true" else ""
+    typer.echo(
+        f"wrote {out}: {answer.headers.get('X-Dubforge-Seconds', '?')} s of audio in "
+        f"{answer.seconds:.2f} s from {answer.headers.get('X-Dubforge-Model', '?')}{flag}"
+    )
+
+
 @app.command()
 def params() -> None:
     """Parameter counts of the dubber presets (tiny, small, base), total and per component."""

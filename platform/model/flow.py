@@ -9,7 +9,9 @@ it trains, so each branch guidance evaluates, the all-null one included, is lear
 Sampler: Euler or midpoint over a sway-sampled time grid (F5-TTS, "sway sampling"); guidance per
 MM-MovieDubber eq. 9 with the branches it needs packed into one batched forward per step: four
 for distinct scales, two (full and null) when the three are equal, one when eq. 9 reduces to a
-single branch (unguided, all scales 0 or all 1).
+single branch (unguided, all scales 0 or all 1). Guidance and seed may also be given per batch
+row (a serving batch of unrelated requests): the step then evaluates the union of the rows'
+branches with per-row weights, and each row's noise comes from its own seed at its own length.
 
 Shape key: b = batch, s = streams, n = latent frames, c = latent width.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -216,11 +219,24 @@ def cfg_branches(conds: Conditions, branches: Sequence[int]) -> Conditions:
 
 
 def guided_velocity(
-    model: Dubber, conds: Conditions, cfg: Guidance | None
+    model: Dubber, conds: Conditions, cfg: Guidance | None | Sequence[Guidance | None]
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """velocity(x [b, s, n, c], t 0-d) -> eq. 9's guided velocity [b, s, n, c], from one
-    forward of the needed branches packed on the batch (k * b rows, k = len(cfg_terms(cfg)))."""
-    branches, weights = zip(*cfg_terms(cfg), strict=True)
+    forward of the needed branches packed on the batch (k * b rows, k = len(cfg_terms(cfg))).
+    `cfg` per row (a sequence of b): rows whose terms all agree take that one path; otherwise
+    k is the union of the rows' branches and a row weighs a branch it does not need by 0."""
+    if cfg is None or isinstance(cfg, Guidance):
+        terms = cfg_terms(cfg)
+    else:
+        rows = [dict(cfg_terms(g)) for g in cfg]
+        b = conds.ref.shape[0]
+        if len(rows) != b:
+            raise ValueError(f"{len(rows)} guidance settings given for a batch of {b}")
+        if all(r == rows[0] for r in rows):
+            terms = tuple(rows[0].items())
+        else:
+            return _per_row_velocity(model, conds, rows)
+    branches, weights = zip(*terms, strict=True)
     packed = cfg_branches(conds, branches)
     k = len(branches)
 
@@ -235,6 +251,48 @@ def guided_velocity(
     return velocity
 
 
+def _per_row_velocity(
+    model: Dubber, conds: Conditions, rows: Sequence[dict[int, float]]
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """`guided_velocity` for rows with different eq. 9 terms ({branch: weight} per row)."""
+    branches = sorted(set().union(*rows))
+    packed = cfg_branches(conds, branches)
+    k = len(branches)
+    weights = torch.tensor(
+        [[r.get(i, 0.0) for r in rows] for i in branches], device=conds.ref.device
+    )[..., None, None, None]  # weights: [k, b, 1, 1, 1]
+
+    def velocity(x: Tensor, t: Tensor) -> Tensor:
+        xs = x.repeat(k, 1, 1, 1)  # xs: [k * b, s, n, c]
+        v = model.velocity(xs, t.expand(xs.shape[0]), packed).chunk(k, dim=0)  # k x [b, s, n, c]
+        out = weights[0].to(v[0].dtype) * v[0]
+        for w, vi in zip(weights[1:], v[1:], strict=True):
+            out = out + w.to(vi.dtype) * vi
+        return out
+
+    return velocity
+
+
+def initial_noise(batch: Batch, seed: int | Sequence[int]) -> Tensor:
+    """x0 ~ N(0, I) [b, s, n, c], zero on padding. One int seed draws the whole padded batch
+    from one generator; a seed per row draws each row at its own streams and length from its
+    own generator, so a row starts from the same noise whatever else is in the batch."""
+    shape, device = tuple(batch.latents.shape), batch.latents.device
+    mask = batch.frame_mask[..., None]
+    if isinstance(seed, Integral):
+        return _randn(shape, torch.Generator().manual_seed(int(seed)), device) * mask
+    seeds = list(seed)
+    if len(seeds) != shape[0]:
+        raise ValueError(f"{len(seeds)} seeds given for a batch of {shape[0]}")
+    x = torch.zeros(shape, device=device)
+    for i, s in enumerate(seeds):
+        streams = int(batch.frame_mask[i].any(dim=-1).sum())  # collate fills streams in order
+        n = int(batch.lengths[i])
+        gen = torch.Generator().manual_seed(int(s))
+        x[i, :streams, :n] = _randn((streams, n, shape[-1]), gen, device)
+    return x * mask
+
+
 @torch.no_grad()
 def sample(
     model: Dubber,
@@ -243,17 +301,19 @@ def sample(
     nfe: int = 32,
     method: Method = "euler",
     sway: float = -1.0,
-    cfg: Guidance | None = None,
-    seed: int = 0,
+    cfg: Guidance | None | Sequence[Guidance | None] = None,
+    seed: int | Sequence[int] = 0,
 ) -> Tensor:
     """Generate latents [b, s, n, c] for the batch's span frames; frames outside the span keep
     the reference, padding is zero. Condition encoders run once; each step is one forward of
     batch k * b, k = the eq. 9 branches with non-zero weight (`cfg_terms`): 1 unguided, 2 for
-    equal scales, 4 for distinct ones. Seeded: same seed and inputs -> same output."""
+    equal scales, 4 for distinct ones. Seeded: same seed and inputs -> same output.
+    `cfg` and `seed` may each be given per row (sequences of b): k is then the union of the
+    rows' branches, and each row's noise is drawn alone (`initial_noise`), so a row's output
+    does not depend on the rest of the batch beyond float rounding."""
     conds, _ = model.encode_conditions(batch)
     mask = batch.frame_mask[..., None]
-    gen = torch.Generator().manual_seed(seed)
-    x = _randn(tuple(batch.latents.shape), gen, batch.latents.device) * mask
+    x = initial_noise(batch, seed)
     velocity = guided_velocity(model, conds, cfg)
     x = integrate(velocity, x, time_grid(nfe, method, sway, x.device), method)
     return torch.where(batch.span[..., None], x, conds.ref) * mask

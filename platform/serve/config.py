@@ -9,7 +9,9 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dubforge.config import JobConfig
-from dubforge.ingest.config import FacesSection, SeparatorSection, TimeoutSection
+from dubforge.ingest.config import FacesSection
+from dubforge.schema import FPS
+from dubforge.serve.inputs import InputSection
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -47,11 +49,10 @@ class BatchingSection(_Section):
 
 
 class LimitsSection(_Section):
-    max_clip_seconds: float = Field(20.0, gt=0, le=600)
-    max_upload_mb: float = Field(50.0, gt=0, description="per upload and per request body")
-    max_reference_seconds: float = Field(30.0, gt=0)
+    """Request limits; the media limits (length, bytes, size) are under `inputs`."""
+
     max_text_chars: int = Field(1000, ge=1)
-    max_nfe: int = Field(64, ge=1, le=512)
+    max_nfe: int = Field(64, ge=1, le=128, description="velocity evaluations a request may ask for")
     request_timeout_s: float = Field(120.0, gt=0, description="answer 504 after this")
     max_ongoing_requests: int = Field(
         8, ge=1, description="requests a model replica holds at once (a batch fills from these)"
@@ -61,6 +62,12 @@ class LimitsSection(_Section):
     )
     prepare_concurrency: int = Field(
         2, ge=1, description="uploads an ingress replica decodes and tracks at once"
+    )
+    prepared_cache: int = Field(
+        4,
+        ge=0,
+        description="prepared clips an ingress replica keeps (a clip sent with "
+        "several lines is prepared once); 0 keeps none",
     )
 
 
@@ -75,15 +82,14 @@ class AuthSection(_Section):
     token_file: str | None = Field(None, description="file holding the token (mode 0600)")
 
 
-class InputsSection(_Section):
-    """How uploads become model inputs: the ingest stages' own settings."""
+class InputsSection(InputSection):
+    """How uploads become model inputs (media limits and ingest's own faces, separator and
+    timeouts sections), and the storage URIs a request may name instead of uploading."""
 
     allowed_uri_prefixes: tuple[str, ...] = Field(
         (), description="storage URI prefixes a request may name instead of uploading"
     )
     faces: FacesSection = FacesSection(face_fps=25)
-    separator: SeparatorSection = SeparatorSection()
-    timeouts: TimeoutSection = TimeoutSection()
 
 
 class ResourcesSection(_Section):
@@ -124,6 +130,11 @@ class ServeConfig(JobConfig):
             raise ValueError(
                 f"auth.mode=none with host={self.host}: a service without a token may only "
                 "listen on loopback (host=127.0.0.1)"
+            )
+        if FPS % self.inputs.faces.face_fps:
+            raise ValueError(
+                f"inputs.faces.face_fps={self.inputs.faces.face_fps} must divide {FPS} (the "
+                "model reads face crops at a whole-frame stride)"
             )
         if self.resources.num_gpus > 0 and not self.resources.device.startswith("cuda"):
             raise ValueError("resources.num_gpus > 0 needs resources.device=cuda")

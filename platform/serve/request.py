@@ -74,8 +74,19 @@ def _text(value: str, name: str, max_chars: int, required: bool) -> str:
     return text
 
 
+_INT = re.compile(r"[+-]?[0-9]{1,12}", re.ASCII)
+_FLOAT = re.compile(
+    r"[+-]?([0-9]{1,12}(\.[0-9]{0,12})?|\.[0-9]{1,12})([eE][+-]?[0-9]{1,3})?", re.ASCII
+)
+
+
 def _number(raw: str, name: str, kind: type, lo: float, hi: float) -> Any:
+    """An int or float written in plain ASCII digits (no underscores, other scripts' digits,
+    hex, nan or inf) within [lo, hi]."""
+    pattern = _INT if kind is int else _FLOAT
     try:
+        if not pattern.fullmatch(raw.strip()):
+            raise ValueError(raw)
         value = kind(raw.strip())
     except ValueError:
         raise RequestError(

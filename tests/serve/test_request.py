@@ -132,7 +132,10 @@ def test_a_good_request_is_typed():
         ({"text": "a", "nfe": "NaN"}, {"video"}, 400, "nfe"),
         ({"text": "a", "nfe": "1e9"}, {"video"}, 400, "nfe"),
         ({"text": "a", "seed": "-1"}, {"video"}, 422, "seed"),
-        ({"text": "a", "sway": "nan"}, {"video"}, 422, "sway"),
+        ({"text": "a", "nfe": "\u0663"}, {"video"}, 400, "nfe"),  # an Arabic-Indic 3
+        ({"text": "a", "nfe": "1_6"}, {"video"}, 400, "nfe"),
+        ({"text": "a", "sway": "1_0"}, {"video"}, 400, "sway"),
+        ({"text": "a", "sway": "nan"}, {"video"}, 400, "sway"),
         (
             {"text": "a", "guidance": '{"video": NaN, "labels": 1, "text": 1}'},
             {"video"},
