@@ -605,12 +605,9 @@ def deployment_options(cfg: ServeConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def build_app(args: dict[str, Any], env: dict[str, str] | None = None) -> serve.Application:
-    """Serve application builder: `args` = {"config": a ServeConfig dict} (what
-    `dubforge serve --build` writes). `env`: variables for the ingress replicas' processes
+def bind_app(cfg: ServeConfig, env: dict[str, str] | None = None) -> serve.Application:
+    """Both deployments bound from `cfg`. `env`: variables for the ingress replicas' processes
     (`dubforge serve` hands its own API token this way to a cluster whose nodes lack it)."""
-    data = args.get("config", args)
-    cfg = ServeConfig.model_validate(data)
     plain = cfg.model_dump(mode="json")
     opts = deployment_options(cfg)
     model = DubberModel.options(**opts["DubberModel"]).bind(plain)
@@ -620,3 +617,9 @@ def build_app(args: dict[str, Any], env: dict[str, str] | None = None) -> serve.
         actor["runtime_env"] = {"env_vars": dict(env)}
         ingress = {**ingress, "ray_actor_options": actor}
     return DubbingAPI.options(**ingress).bind(model, plain)
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder (`import_path: dubforge.serve.app:build_app`): `args` =
+    {"config": a ServeConfig dict}, as `dubforge serve --build` writes it."""
+    return bind_app(ServeConfig.model_validate(args.get("config", args)))

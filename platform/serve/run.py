@@ -82,7 +82,7 @@ def start(cfg: ServeConfig, address: str | None = None) -> str:
     import ray
     from ray import serve
 
-    from dubforge.serve.app import build_app
+    from dubforge.serve.app import bind_app
 
     _ray_quiet()
     if not ray.is_initialized():
@@ -99,7 +99,7 @@ def start(cfg: ServeConfig, address: str | None = None) -> str:
     token = os.environ.get(cfg.auth.token_env, "").strip()
     env = {cfg.auth.token_env: token} if cfg.auth.mode == "token" and token else None
     serve.run(
-        build_app({"config": cfg.model_dump(mode="json")}, env),
+        bind_app(cfg, env),
         name=cfg.name,
         route_prefix=cfg.route_prefix,
         blocking=False,

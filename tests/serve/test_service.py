@@ -19,6 +19,8 @@ import pytest
 import requests
 import soundfile as sf
 
+from tests.conftest import VENV_BIN
+from tests.serve.conftest import SERVICE_OVERRIDES
 from tests.serve.fuzz import bad_requests
 
 pytestmark = pytest.mark.timeout(900)
@@ -294,6 +296,86 @@ def test_the_model_deployment_scales_up_under_load_and_back_down(service, clips)
     while time.monotonic() < deadline and _replicas(service) != 1:
         time.sleep(2)
     assert _replicas(service) == 1
+
+
+def test_a_changed_config_rolls_out_with_serve_deploy_while_requests_flow(
+    service, clips, tmp_path, repo
+):
+    """A new export rolled out the operator's way: `dubforge serve --build` then `serve deploy`
+    of the file; requests sent throughout keep being answered."""
+    from dubforge.model.checkpoint import save_checkpoint
+    from dubforge.model.presets import space_from_config
+    from dubforge.serve.source import random_export
+
+    ck = random_export("tiny")
+    export = save_checkpoint(
+        tmp_path / "export-v2",
+        ck.model,
+        ck.config,
+        space_from_config(ck.config.space),
+        stage="rollout",
+        step=7,
+    )
+    token_file = tmp_path / "token"
+    token_file.write_text(service.token)
+    token_file.chmod(0o600)
+    port = service.url.rsplit(":", 1)[1]
+    built = tmp_path / "serve_config.yaml"
+    subprocess.run(
+        [
+            str(VENV_BIN / "dubforge"),
+            "serve",
+            "jobs/serve_debug.yaml",
+            f"port={port}",
+            f"model={export}",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"auth.token_file={token_file}",
+            *SERVICE_OVERRIDES,
+            "--build",
+            str(built),
+        ],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    stop, statuses = threading.Event(), []
+
+    def traffic():
+        while not stop.is_set():
+            statuses.append(dub(service, clips["clip"], seed=9, reference=clips["ref"]).status_code)
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        deployed = service.cluster.run(
+            [str(VENV_BIN / "serve"), "deploy", str(built), "-a", service.cluster.dashboard],
+            timeout=120,
+        )
+        assert deployed.returncode == 0, deployed.stderr[-2000:]
+        deadline = time.monotonic() + 150
+        while True:
+            info = requests.get(f"{service.url}/v1/models", headers=service.auth(), timeout=30)
+            if (
+                info.status_code == 200
+                and info.json()["data"][0]["training"].get("stage") == "rollout"
+            ):
+                break
+            if time.monotonic() > deadline:
+                status = service.cluster.run(
+                    [str(VENV_BIN / "serve"), "status", "-a", service.cluster.dashboard]
+                )
+                pytest.fail(f"not rolled out:\n{status.stdout[-6000:]}\n{status.stderr[-2000:]}")
+            time.sleep(2)
+        time.sleep(3)
+    finally:
+        stop.set()
+        sender.join(180)
+    assert statuses and set(statuses) == {200}, statuses
+    (info,) = requests.get(f"{service.url}/v1/models", headers=service.auth(), timeout=30).json()[
+        "data"
+    ]
+    assert info["random_weights"] is False and info["source"] == str(export)
 
 
 def test_a_killed_model_replica_is_replaced_and_no_request_hangs(service, clips):
