@@ -298,6 +298,20 @@ def test_the_model_deployment_scales_up_under_load_and_back_down(service, clips)
     assert _replicas(service) == 1
 
 
+def test_a_full_model_queue_answers_429_not_5xx(service, clips):
+    """8 ongoing + 24 queued per replica (SERVICE_OVERRIDES): a burst of 48 lines of one clip
+    overflows the queue; the overflow gets 429 with Retry-After, the rest are dubbed."""
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(
+            pool.map(lambda s: dub(service, clips["clip"], seed=s, extra={"nfe": "4"}), range(48))
+        )
+    statuses = [r.status_code for r in answers]
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(429) > 0 and statuses.count(200) >= 8, statuses
+    busy = next(r for r in answers if r.status_code == 429)
+    assert busy.json()["error"] == "busy" and busy.headers["Retry-After"]
+
+
 def test_a_changed_config_rolls_out_with_serve_deploy_while_requests_flow(
     service, clips, tmp_path, repo
 ):
