@@ -403,7 +403,7 @@ def test_a_killed_model_replica_is_replaced_and_no_request_hangs(service, clips)
         .splitlines()[-1]
     )
     statuses: list[int] = []
-    timeout = 60 + 30  # the service's request_timeout_s, plus transport
+    timeout = 120 + 30  # the service's request_timeout_s, plus transport
 
     def one(seed):
         t0 = time.monotonic()
