@@ -24,6 +24,7 @@ def test_commands_are_the_landed_ones():
         "params",
         "random-codec",
         "run",
+        "serve",
         "synth",
         "train",
     ]

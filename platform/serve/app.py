@@ -496,11 +496,11 @@ class DubbingAPI:
         answer = await self._call(self.model.dub.remote(line), None)
         if "error" in answer:
             raise ApiError(422, "invalid", answer["error"])
-        wave, sr, meta = answer["wave"], answer["sample_rate"], answer["model"]
+        wave, sr, served = answer["wave"], answer["sample_rate"], answer["model"]
         headers = {
             "X-Request-Id": rid,
-            "X-Dubforge-Model": f"{meta.get('name')}/{meta.get('version')}",
-            RANDOM_HEADER: "true" if meta.get("random_weights") else "false",
+            "X-Dubforge-Model": f"{served['name']}/{served['version']}",
+            RANDOM_HEADER: "true" if served["random_weights"] else "false",
             "X-Dubforge-Seconds": f"{len(wave) / sr:.3f}",
             "X-Dubforge-Batch": answer["batch"],
             "X-Dubforge-Rtf": f"{(time.monotonic() - started) / max(clip.duration, 1e-3):.4f}",

@@ -99,9 +99,9 @@ def _load(
         space = load_space(ckpt, device=device)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         raise SourceError(f"model source {source!r}: {folder} is not a loadable export: {e}") from e
-    meta = ckpt.metadata
-    run = run_id if run_id is not None else meta.get("run_id")
-    random_weights = bool(meta.get("random_weights", False))
+    export_meta = ckpt.metadata
+    run = run_id if run_id is not None else export_meta.get("run_id")
+    random_weights = bool(export_meta.get("random_weights", False))
     return Resolved(folder, ckpt, space, name, version, random_weights, run)
 
 
