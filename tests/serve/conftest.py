@@ -15,8 +15,19 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 
 from tests.conftest import VENV_BIN, RayCluster, _free_ports
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread, in the test process (tests/model does the same): more oversubscribe
+    the shared 2-core machine; the service runs in its own processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _ffmpeg(*args: str) -> None:

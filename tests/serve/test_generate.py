@@ -27,15 +27,6 @@ PROFILE = "hifigan_22k"
 REF_RATE = 16000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as tests/model does: more oversubscribe the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _export(folder: Path, tasks: tuple[str, ...] = ("tts", "v2s")) -> Path:
     """A tiny mel-space export (Griffin-Lim, 2 iterations) whose weights are perturbed away
     from the zero init, so every condition changes the output."""

@@ -18,15 +18,6 @@ from dubforge.serve.source import SourceError, resolve
 from dubforge.train.curriculum import Tracking
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as tests/model does: more oversubscribe the shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
     torch.manual_seed(1)
